@@ -1,0 +1,48 @@
+# Two commands for a newcomer: `make demo` and `make test` (both create .venv when missing).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+DEMO_CONFIG ?= config/demo.yaml
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench venv data-demo lint clean-demo gpu-check
+
+# Reinstall only when the project metadata changes (editable install: code edits need none).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,reports]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline).
+data-demo:
+	@if ! ls $(FMNIST_DIR)/train-images-idx3-ubyte.gz >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian package dataset-fashion-mnist for the demo data"; \
+	    (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	  else \
+	    echo "error: Fashion-MNIST not found in $(FMNIST_DIR); run 'sudo apt-get install dataset-fashion-mnist' or set FMNIST_DIR to a folder with the four *-ubyte.gz files" >&2; exit 2; \
+	  fi; \
+	fi
+
+demo: $(STAMP) data-demo
+	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
+
+test: $(STAMP) data-demo
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) data-demo
+	$(BIN)/python -m bench.run
+
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile config/config.yaml
