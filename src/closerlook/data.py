@@ -1,0 +1,491 @@
+"""Data sets as cached uint8 tensors, stratified subsets, and a device-resident loader.
+
+Data sets (``load_split(name, split, root=None, cache_dir=None)``):
+
+- ``cifar10``: torchvision's CIFAR-10 (``root`` default ``resources/data/torchvision``;
+  downloaded by torchvision when missing and ``download=True``).
+- ``fashion_mnist``: the four idx ``.gz`` files, either torchvision's layout
+  (``root/FashionMNIST/raw``) or a flat directory such as Debian's
+  ``/usr/share/datasets/fashion-mnist`` (the default when ``root`` is None).
+- ``imagefolder``: an ImageFolder tree (``root/{train,test}/<class>/*.jpg|png``)
+  or a ``.zip`` of one, read straight from the zip. Images are converted to RGB
+  (like torchvision's loader); classes sorted, files sorted within a class.
+  mean/std are computed on the train split.
+- ``cifar10_jpeg``: ``imagefolder`` with default root
+  ``<repo>/../shared/data/cifar10-jpeg.zip`` and CIFAR-10 mean/std.
+
+Each split is prepared once into ``{cache_dir}/{name}-{split}.pt`` (written
+atomically; a dict of tensors and plain values, loaded with
+``weights_only=True``) and reused. ``cache_dir=None`` means no disk cache.
+
+``DeviceLoader`` keeps the whole set as one uint8 tensor on the device and does
+the crop (zero padding of the raw image, as torchvision's
+``RandomCrop(padding=4)`` before ``ToTensor``/``Normalize``) and the flip as
+batched tensor ops. Its shuffling order and augmentation draws come from CPU
+``torch.Generator`` objects seeded from ``(seed, epoch)`` (and the batch index
+for augmentation), so an epoch can be replayed from any batch and CPU and CUDA
+see the same order.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io as _io
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .io import CheckpointError, CloserlookError, ConfigError, atomic_path, safe_torch_load
+
+CACHE_FORMAT = "closerlook-data/1"
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CIFAR_JPEG = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
+DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_TORCHVISION_ROOT = Path("resources/data/torchvision")
+
+DATASET_NAMES = ("cifar10", "fashion_mnist", "imagefolder", "cifar10_jpeg")
+SPLITS = ("train", "test")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+# ----------------------------------------------------------------------------- public API
+
+def load_split(name: str, split: str, root: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, *,
+               download: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Return ``(images uint8 [N,C,H,W], labels int64 [N], info)`` of one split.
+
+    ``info = {"name", "num_classes", "in_channels", "image_size", "mean", "std", "classes"}``.
+    ``download`` only matters for ``cifar10`` (torchvision download when missing).
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ConfigError(f"data.split: unknown split {split!r} of data set {name!r}; known: {', '.join(SPLITS)}")
+    source = _source_id(name, root)
+    cache = None if cache_dir is None else Path(cache_dir) / f"{name}-{split}.pt"
+    if cache is not None and cache.exists():
+        cached = _read_cache(cache, source)
+        if cached is not None:
+            return cached
+    images, labels, info = _prepare(name, split, root, cache_dir, download)
+    images = images.contiguous()
+    labels = labels.to(torch.int64).contiguous()
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            torch.save({"format": CACHE_FORMAT, "source": source, "images": images,
+                        "labels": labels, "info": info}, tmp)
+    return images, labels, info
+
+
+def dataset_info(name: str, root: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> dict:
+    """Metadata of a data set (same dict as ``load_split``'s info), cheaply when possible.
+
+    Static for cifar10, fashion_mnist and cifar10_jpeg; for a generic
+    imagefolder it reads the train cache if present, otherwise prepares the
+    train split (mean/std need all its pixels).
+    """
+    _check_name(name)
+    if name == "cifar10":
+        return _static_info("cifar10", 3, 32, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES)
+    if name == "fashion_mnist":
+        return _static_info("fashion_mnist", 1, 28, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES)
+    if name == "cifar10_jpeg":
+        return _static_info("cifar10_jpeg", 3, 32, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES)
+    return load_split(name, "train", root=root, cache_dir=cache_dir)[2]
+
+
+def stratified_subset(labels: torch.Tensor, per_class: int | None, seed: int) -> torch.Tensor:
+    """Sorted int64 indices: ``per_class`` random samples of every class (seeded).
+
+    ``per_class=None`` returns all indices. A class with fewer than
+    ``per_class`` samples is a ConfigError.
+    """
+    labels = torch.as_tensor(labels).to("cpu", torch.int64)
+    if per_class is None:
+        return torch.arange(len(labels), dtype=torch.int64)
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ConfigError(f"per_class: must be a positive integer or null, got {per_class!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ConfigError(f"per_class: class {c} has only {len(idx)} samples, fewer than per_class={per_class}")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def probe_set(images: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` images in their fixed order (unaugmented, uint8)."""
+    if n < 1 or n > len(images):
+        raise ConfigError(f"probe size: n={n} must be between 1 and the number of images ({len(images)})")
+    return images[:n]
+
+
+def probe_fingerprint(images: torch.Tensor) -> str:
+    """Short sha256 (16 hex digits) of the raw bytes of a uint8 image tensor."""
+    arr = images.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(arr.tobytes()).hexdigest()[:16]
+
+
+class DeviceLoader:
+    """The whole set on ``device`` as uint8; batches are normalised float32 tensors.
+
+    ``batches(epoch, start=0)`` yields ``(x, y)`` of epoch ``epoch`` from batch
+    index ``start``. The order of epoch e comes from a CPU generator seeded by
+    ``(seed, e)``; the crop offsets and flips of batch b from one seeded by
+    ``(seed, e, b)``. Iterating the loader itself runs ``self.epoch`` and then
+    increments it.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 mean: Sequence[float], std: Sequence[float], augment: bool, shuffle: bool,
+                 seed: int, device: str | torch.device = "cpu", drop_last: bool = False,
+                 pad: int = 4, channels_last: bool = False) -> None:
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise CloserlookError(f"DeviceLoader: images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise CloserlookError(f"DeviceLoader: {len(images)} images but {len(labels)} labels")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"batch_size: must be a positive integer, got {batch_size!r}")
+        c = images.shape[1]
+        if len(mean) != c or len(std) != c:
+            raise ConfigError(f"mean/std: need {c} values (one per channel), got {len(mean)}/{len(std)}")
+        if pad < 0:
+            raise ConfigError(f"pad: must be >= 0, got {pad}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device).contiguous()
+        self.labels = torch.as_tensor(labels).to(self.device, torch.int64)
+        self.batch_size = int(batch_size)
+        self.mean = torch.tensor([float(m) for m in mean], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor([float(s) for s in std], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.augment = bool(augment)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.pad = int(pad)
+        self.channels_last = bool(channels_last)
+        self.epoch = 0
+        h, w = images.shape[2], images.shape[3]
+        self._ar_h = torch.arange(h, device=self.device)
+        self._ar_w = torch.arange(w, device=self.device)
+        self._ar_c = torch.arange(c, device=self.device)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self.batches(epoch)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The sample order (CPU int64) of ``epoch``."""
+        if not self.shuffle:
+            return torch.arange(self.num_samples, dtype=torch.int64)
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, "order"))
+        return torch.randperm(self.num_samples, generator=g)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n_batches = len(self)
+        if start < 0 or start > n_batches:
+            raise CloserlookError(f"DeviceLoader.batches: start={start} outside 0..{n_batches}")
+        order = self.order(epoch)
+        for b in range(start, n_batches):
+            idx_cpu = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = idx_cpu.to(self.device, non_blocking=True)
+            raw = self.images.index_select(0, idx)
+            if self.augment:
+                raw = self._augment(raw, epoch, b)
+            x = self._normalise(raw)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels.index_select(0, idx)
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw.to(torch.float32).div_(255.0) - self.mean).div_(self.std)
+
+    def _augment(self, raw: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        """Random crop with zero padding (of the raw image) + horizontal flip, batched."""
+        bsz, c, h, w = raw.shape
+        p = self.pad
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, "augment", batch))
+        offsets = torch.randint(0, 2 * p + 1, (bsz, 2), generator=g)
+        flips = torch.rand(bsz, generator=g) < 0.5
+        offsets = offsets.to(self.device, non_blocking=True)
+        flips = flips.to(self.device, non_blocking=True)
+        if p > 0:
+            padded = raw.new_zeros((bsz, c, h + 2 * p, w + 2 * p))
+            padded[:, :, p:p + h, p:p + w] = raw
+        else:
+            padded = raw
+        rows = offsets[:, 0:1] + self._ar_h.view(1, h)                      # [B,H]
+        cols_fwd = self._ar_w.view(1, w)
+        cols = torch.where(flips.view(bsz, 1), (w - 1) - cols_fwd, cols_fwd) + offsets[:, 1:2]  # [B,W]
+        b_idx = torch.arange(bsz, device=self.device).view(bsz, 1, 1, 1)
+        return padded[b_idx, self._ar_c.view(1, c, 1, 1), rows.view(bsz, 1, h, 1), cols.view(bsz, 1, 1, w)]
+
+
+def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: Sequence[float], std: Sequence[float],
+                 device: str | torch.device = "cpu", channels_last: bool = False) -> DeviceLoader:
+    """An unaugmented, unshuffled loader (iterate it as often as needed)."""
+    return DeviceLoader(images, labels, batch_size, mean=mean, std=std, augment=False, shuffle=False,
+                        seed=0, device=device, drop_last=False, channels_last=channels_last)
+
+
+# ----------------------------------------------------------------------------- internals
+
+def _mix_seed(*parts: Any) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASET_NAMES:
+        raise ConfigError(f"data.name: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+def _static_info(name, channels, size, mean, std, classes) -> dict:
+    return {"name": name, "num_classes": len(classes), "in_channels": channels, "image_size": size,
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "classes": list(classes)}
+
+
+def _source_id(name: str, root) -> str:
+    if name == "cifar10_jpeg" and root is None:
+        root = DEFAULT_CIFAR_JPEG
+    if name == "fashion_mnist" and root is None:
+        root = DEFAULT_FMNIST_ROOT
+    if name == "cifar10" and root is None:
+        root = DEFAULT_TORCHVISION_ROOT
+    if root is None:
+        return f"{name}:"
+    return f"{name}:{Path(root).resolve()}"
+
+
+def _read_cache(path: Path, source: str):
+    try:
+        obj = safe_torch_load(path)
+    except CheckpointError as exc:
+        warnings.warn(f"{path}: unreadable data cache, rebuilding ({exc})")
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
+        warnings.warn(f"{path}: not a closerlook data cache, rebuilding")
+        return None
+    if obj.get("source") != source:
+        warnings.warn(f"{path}: cache was made from {obj.get('source')!r}, not {source!r}; rebuilding")
+        return None
+    return obj["images"], obj["labels"], obj["info"]
+
+
+def _prepare(name, split, root, cache_dir, download):
+    if name == "fashion_mnist":
+        return _load_fmnist(split, root)
+    if name == "cifar10":
+        return _load_cifar10(split, root, download)
+    if name == "cifar10_jpeg":
+        path = Path(root) if root is not None else DEFAULT_CIFAR_JPEG
+        images, labels, classes = _load_imagefolder(path, split, how_to_get=(
+            "the project's shared copy lives at ../shared/data/cifar10-jpeg.zip beside the checkout; "
+            "or use data.name: cifar10 (torchvision download)"))
+        return images, labels, _static_info("cifar10_jpeg", 3, images.shape[2], CIFAR10_MEAN, CIFAR10_STD, classes)
+    # imagefolder
+    if root is None:
+        raise ConfigError("data.root: data set 'imagefolder' needs a root (a directory or .zip with train/ and test/)")
+    images, labels, classes = _load_imagefolder(Path(root), split)
+    if split == "train":
+        mean, std = _mean_std(images)
+    else:
+        train_info = load_split(name, "train", root=root, cache_dir=cache_dir)[2]
+        mean, std = train_info["mean"], train_info["std"]
+    info = {"name": "imagefolder", "num_classes": len(classes), "in_channels": int(images.shape[1]),
+            "image_size": int(images.shape[2]), "mean": mean, "std": std, "classes": classes}
+    return images, labels, info
+
+
+def _mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    s = torch.zeros(images.shape[1], dtype=torch.float64)
+    s2 = torch.zeros(images.shape[1], dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.int64)
+        s += x.sum(dim=(0, 2, 3)).to(torch.float64)
+        s2 += (x * x).sum(dim=(0, 2, 3)).to(torch.float64)
+    mean = s / n / 255.0
+    var = s2 / n / (255.0 ** 2) - mean ** 2
+    return [float(m) for m in mean], [float(v) for v in var.clamp_min(0).sqrt()]
+
+
+# --- Fashion-MNIST
+
+def _fmnist_dir(root) -> Path:
+    candidates = []
+    if root is None:
+        candidates.append(DEFAULT_FMNIST_ROOT)
+    else:
+        root = Path(root)
+        candidates += [root / "FashionMNIST" / "raw", root]
+    for d in candidates:
+        if all(_idx_file(d, f) is not None for pair in _FMNIST_FILES.values() for f in pair):
+            return d
+    tried = ", ".join(str(d) for d in candidates)
+    raise CloserlookError(
+        f"Fashion-MNIST not found (looked for train-images-idx3-ubyte[.gz] etc. in {tried}); "
+        "install it with `apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist) "
+        "or point data.root at a torchvision root holding FashionMNIST/raw")
+
+
+def _idx_file(d: Path, stem: str) -> Path | None:
+    for cand in (d / f"{stem}.gz", d / stem):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise CloserlookError(f"{path}: cannot read idx file ({exc}); reinstall dataset-fashion-mnist") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise CloserlookError(f"{path}: not an unsigned-byte idx file (bad magic)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise CloserlookError(f"{path}: truncated idx file ({len(data) - offset} bytes of data, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _load_fmnist(split: str, root):
+    d = _fmnist_dir(root)
+    img_stem, lbl_stem = _FMNIST_FILES[split]
+    imgs = _read_idx(_idx_file(d, img_stem))
+    lbls = _read_idx(_idx_file(d, lbl_stem))
+    if imgs.ndim != 3 or lbls.ndim != 1 or len(imgs) != len(lbls):
+        raise CloserlookError(f"{d}: Fashion-MNIST {split} files have inconsistent shapes {imgs.shape} / {lbls.shape}")
+    images = torch.from_numpy(imgs.copy()).unsqueeze(1)
+    labels = torch.from_numpy(lbls.astype(np.int64))
+    return images, labels, _static_info("fashion_mnist", 1, int(imgs.shape[1]), FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES)
+
+
+# --- CIFAR-10 through torchvision
+
+def _load_cifar10(split: str, root, download: bool):
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root) if root is not None else DEFAULT_TORCHVISION_ROOT
+    present = (root / "cifar-10-batches-py").is_dir()
+    try:
+        ds = CIFAR10(str(root), train=(split == "train"), download=download and not present)
+    except Exception as exc:  # network errors, missing files, corrupt archive
+        raise CloserlookError(
+            f"CIFAR-10 not available under {root} (expected {root / 'cifar-10-batches-py'}): "
+            f"{type(exc).__name__}: {exc}. Run once with internet access (download=True) or copy the "
+            "extracted cifar-10-batches-py folder there; offline, use data.name: cifar10_jpeg "
+            "(../shared/data/cifar10-jpeg.zip)") from exc
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return images, labels, _static_info("cifar10", 3, 32, CIFAR10_MEAN, CIFAR10_STD, list(ds.classes))
+
+
+# --- ImageFolder (directory or zip)
+
+def _load_imagefolder(root: Path, split: str, how_to_get: str = "") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    hint = f"; {how_to_get}" if how_to_get else ""
+    if not root.exists():
+        raise CloserlookError(f"{root}: image folder / zip not found{hint}")
+    if root.is_file():
+        if not zipfile.is_zipfile(root):
+            raise CloserlookError(f"{root}: not a zip file nor a directory{hint}")
+        with zipfile.ZipFile(root) as zf:
+            entries = _zip_entries(zf, root, split)
+            classes = sorted({c for c, _ in entries})
+            return _decode(entries, classes, lambda m: zf.read(m), root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise CloserlookError(f"{split_dir}: missing split folder (expected {root}/{split}/<class>/*.jpg){hint}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    entries = []
+    for c in classes:
+        for dirpath, _, files in sorted(os.walk(split_dir / c, followlinks=True)):
+            for f in sorted(files):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    entries.append((c, os.path.join(dirpath, f)))
+    if not entries:
+        raise CloserlookError(f"{split_dir}: no images found (expected <class>/*.jpg|png){hint}")
+    return _decode(entries, classes, lambda p: Path(p).read_bytes(), root)
+
+
+def _zip_entries(zf: zipfile.ZipFile, root: Path, split: str) -> list[tuple[str, str]]:
+    by_prefix: dict[str, list[tuple[str, str]]] = {}
+    for m in zf.namelist():
+        if m.endswith("/") or not m.lower().endswith(IMG_EXTENSIONS):
+            continue
+        parts = m.split("/")
+        # find the split component: prefix/.../split/class/file
+        for i in range(len(parts) - 2):
+            if parts[i] == split:
+                prefix = "/".join(parts[:i])
+                by_prefix.setdefault(prefix, []).append((parts[i + 1], m))
+                break
+    if not by_prefix:
+        raise CloserlookError(f"{root}: zip holds no images under '{split}/<class>/' (ImageFolder layout expected)")
+    prefix = min(by_prefix, key=lambda p: (p.count("/"), len(p)))
+    entries = by_prefix[prefix]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return entries
+
+
+def _decode(entries, classes, read, root) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from PIL import Image
+
+    class_idx = {c: i for i, c in enumerate(classes)}
+    first = None
+    out = None
+    labels = np.empty(len(entries), dtype=np.int64)
+    for k, (c, member) in enumerate(entries):
+        try:
+            with Image.open(_io.BytesIO(read(member))) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as exc:
+            raise CloserlookError(f"{root}: cannot decode image {member}: {exc}") from exc
+        if out is None:
+            first = arr.shape
+            out = np.empty((len(entries), *arr.shape), dtype=np.uint8)
+        elif arr.shape != first:
+            raise CloserlookError(f"{root}: image {member} has shape {arr.shape}, others {first}; "
+                                  "all images must have the same size")
+        out[k] = arr
+        labels[k] = class_idx[c]
+    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(labels), list(classes)
