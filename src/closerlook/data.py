@@ -330,16 +330,17 @@ def _prepare(name, split, root, cache_dir, download):
 
 
 def _mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    s = torch.zeros(images.shape[1], dtype=torch.float64)
-    s2 = torch.zeros(images.shape[1], dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.int64)
-        s += x.sum(dim=(0, 2, 3)).to(torch.float64)
-        s2 += (x * x).sum(dim=(0, 2, 3)).to(torch.float64)
-    mean = s / n / 255.0
-    var = s2 / n / (255.0 ** 2) - mean ** 2
-    return [float(m) for m in mean], [float(v) for v in var.clamp_min(0).sqrt()]
+    """Per-channel mean/std (population) of the pixels in [0, 1], exact via histograms."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        n = hist.sum()
+        mean = (hist * values).sum() / n
+        var = (hist * (values - mean) ** 2).sum() / n
+        means.append(float(mean))
+        stds.append(float(var.sqrt()))
+    return means, stds
 
 
 # --- Fashion-MNIST
