@@ -1,0 +1,450 @@
+"""Unit tests of closerlook.curves on small synthetic models and data (seconds, CPU)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from closerlook import curves as C
+from closerlook.io import load_checkpoint, save_checkpoint
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def small_net(bn: bool = False, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(6))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 10)]
+    return nn.Sequential(*layers)
+
+
+def trained_like_state(net: nn.Module, seed: int) -> dict:
+    """A state dict with random parameters AND non-trivial BN buffers."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in net.state_dict().items():
+        if k.endswith("running_var"):
+            sd[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(seed + 7)
+        else:
+            sd[k] = torch.randn(v.shape, generator=g) * 0.3
+    return sd
+
+
+class TensorLoader:
+    """Minimal loader with the DeviceLoader interface (batches(epoch, start), len)."""
+
+    def __init__(self, x, y, batch_size, shuffle=False, seed=0, fail_after=None):
+        self.x, self.y, self.bs, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.fail_after = fail_after
+        self.served = 0
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.bs)
+
+    def batches(self, epoch, start=0):
+        order = (torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+                 if self.shuffle else torch.arange(len(self.x)))
+        for b in range(start, len(self)):
+            if self.fail_after is not None and self.served >= self.fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.served += 1
+            idx = order[b * self.bs:(b + 1) * self.bs]
+            yield self.x[idx], self.y[idx]
+
+    def __iter__(self):
+        return self.batches(0)
+
+
+def synth_data(n=64, seed=0, size=8, channels=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, size, size, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
+    return x, y
+
+
+# --------------------------------------------------------------------------- endpoints and closed forms
+
+
+@pytest.mark.parametrize("kind,k", [("bezier", 3), ("bezier", 5), ("polychain", 3), ("polychain", 4), ("line", 2)])
+def test_endpoints_exact_including_buffers(kind, k):
+    net = small_net(bn=True)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    curve = C.Curve(net, a, b, kind=kind, num_bends=k)
+    with torch.no_grad():
+        curve.bends.add_(torch.randn_like(curve.bends))  # bends off the line: endpoints must not care
+    w0, w1 = curve.weights_at(0.0), curve.weights_at(1.0)
+    assert list(w0) == list(net.state_dict())
+    for key in a:
+        assert torch.equal(w0[key], a[key]), key
+        assert w0[key].dtype == a[key].dtype
+        if key.endswith("num_batches_tracked"):
+            assert torch.equal(w1[key], a[key]), key  # integer buffers: from start
+        else:
+            assert torch.equal(w1[key], b[key]), key
+    net.load_state_dict(curve.weights_at(0.37))  # full state dict accepted
+
+
+def test_gradients_reach_only_bends():
+    net = small_net(bn=True)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    curve = C.Curve(net, a, b, kind="bezier", num_bends=4)
+    names = [n for n, _ in curve.named_parameters()]
+    assert names == ["bends"]
+    assert curve.bends.shape[0] == 2
+    x, _ = synth_data(8)
+    curve.train()
+    curve(x, 0.3).pow(2).sum().backward()
+    assert curve.bends.grad is not None and curve.bends.grad.abs().sum() > 0
+    for name, buf in curve.named_buffers():
+        assert not buf.requires_grad, name
+    assert all(p.grad is None for p in net.parameters())
+    # endpoints untouched by the training-mode BN forward
+    assert torch.equal(curve.start_buffers, C._Layout(net).flat_fbufs(a))
+    # at t = 0 the output does not depend on anything trainable (bend coefficients are 0)
+    assert not curve(x, 0.0).requires_grad
+
+
+def _set_bends(curve, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        curve.bends.copy_(torch.randn(curve.bends.shape, generator=g))
+
+
+def _controls(curve):
+    return [C.flat_parameters(curve.module, cp, dtype=torch.float64) for cp in curve.control_points()]
+
+
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_bezier_closed_form(k):
+    net = small_net()
+    curve = C.Curve(net, trained_like_state(net, 1), trained_like_state(net, 2), kind="bezier", num_bends=k)
+    _set_bends(curve, k)
+    w = _controls(curve)
+    n = k - 1
+    for t in [0.0, 0.1, 0.25, 0.5, 0.77, 1.0]:
+        got = curve.flat_params_at(t).detach().double()
+        want = sum(math.comb(n, i) * t**i * (1 - t) ** (n - i) * w[i] for i in range(k))
+        assert torch.allclose(got, want, atol=1e-5), (k, t)
+    if k == 3:  # the paper's quadratic form
+        t = 0.3
+        want = (1 - t) ** 2 * w[0] + 2 * t * (1 - t) * w[1] + t**2 * w[2]
+        assert torch.allclose(curve.flat_params_at(t).detach().double(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_polychain_closed_form(k):
+    net = small_net()
+    curve = C.Curve(net, trained_like_state(net, 1), trained_like_state(net, 2), kind="polychain", num_bends=k)
+    _set_bends(curve, 10 + k)
+    w = _controls(curve)
+    for t in [0.0, 0.05, 0.3, 0.5, 0.61, 0.9, 1.0]:
+        s = t * (k - 1)
+        i = min(int(math.floor(s)), k - 2)
+        frac = s - i
+        want = (1 - frac) * w[i] + frac * w[i + 1]
+        got = curve.flat_params_at(t).detach().double()
+        assert torch.allclose(got, want, atol=1e-5), (k, t)
+    for i in range(k):  # passes through every control point at its knot
+        assert torch.allclose(curve.flat_params_at(i / (k - 1)).detach().double(), w[i], atol=1e-6)
+
+
+def test_coefficients_sum_to_one_and_line():
+    for k in (2, 3, 7):
+        for t in np.linspace(0, 1, 13):
+            assert abs(sum(C.bezier_coefficients(t, k)) - 1) < 1e-12
+            assert abs(sum(C.polychain_coefficients(t, k)) - 1) < 1e-12
+    net = small_net()
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    ln = C.line(net, a, b)
+    assert ln.kind == "line" and ln.path_label == "line" and ln.num_bends == 2
+    assert len(list(ln.parameters())) == 1 and ln.bends.numel() == 0
+    la, lb = C.flat_parameters(net, a), C.flat_parameters(net, b)
+    assert torch.allclose(ln.flat_params_at(0.4).double(), 0.6 * la + 0.4 * lb, atol=1e-6)
+    # a Bezier with bends left on the line is the line
+    bz = C.Curve(net, a, b, kind="bezier", num_bends=3)
+    assert torch.allclose(bz.flat_params_at(0.4), ln.flat_params_at(0.4), atol=1e-6)
+    with pytest.raises(ValueError):
+        ln.weights_at(1.5)
+
+
+# --------------------------------------------------------------------------- bad endpoints
+
+
+def test_bad_endpoints_name_the_key():
+    net = small_net(bn=True)
+    a = trained_like_state(net, 1)
+    b = dict(a)
+    b["9.weight"] = torch.zeros(10, 25)
+    with pytest.raises(C.CurveError, match=r"'9\.weight'.*shape"):
+        C.Curve(net, a, b)
+    b = dict(a)
+    del b["1.running_var"]
+    with pytest.raises(C.CurveError, match=r"missing key '1\.running_var'"):
+        C.Curve(net, a, b)
+    b = dict(a)
+    b["extra.weight"] = torch.zeros(3)
+    with pytest.raises(C.CurveError, match=r"unexpected key 'extra\.weight'"):
+        C.Curve(net, a, b)
+    b = {k: v.clone() for k, v in a.items()}
+    b["4.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(C.CurveError, match=r"'4\.weight'.*non-finite"):
+        C.Curve(net, b, a)
+    with pytest.raises(ValueError):  # CurveError is a ValueError too
+        C.Curve(net, a, b)
+    with pytest.raises(ValueError):
+        C.Curve(net, a, a, kind="spline")
+
+
+# --------------------------------------------------------------------------- BN recompute and evaluation
+
+
+def test_bn_recompute_equals_update_bn():
+    net = small_net(bn=True)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
+    _set_bends(curve, 5)
+    x, y = synth_data(40, seed=3)
+    loader = TensorLoader(x, y, 16)  # 16 + 16 + 8: unequal batches, cumulative average matters
+    with torch.no_grad():
+        state = curve.weights_at(0.3)
+        ref = small_net(bn=True)
+        ref.load_state_dict(state)
+        used = C.recompute_bn(net, state, loader)
+    assert used == 3
+    torch.optim.swa_utils.update_bn([(xb, yb) for xb, yb in loader.batches(0)], ref)
+    for k, v in ref.state_dict().items():
+        if "running" in k or "num_batches" in k:
+            assert torch.allclose(state[k], v, atol=1e-6, rtol=1e-5), k
+    assert net.training  # mode restored
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    # bn_batches: the first n batches only
+    state2 = curve.weights_at(0.3)
+    C.recompute_bn(net, state2, loader, num_batches=1)
+    ref2 = small_net(bn=True)
+    ref2.load_state_dict(curve.weights_at(0.3))
+    torch.optim.swa_utils.update_bn([next(iter(loader.batches(0)))], ref2)
+    assert torch.allclose(state2["1.running_var"], ref2.state_dict()["1.running_var"], atol=1e-6)
+
+
+def test_evaluate_path_matches_plain_evaluation_at_endpoints():
+    net = small_net(bn=False)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    x, y = synth_data(48, seed=4)
+    xt, yt = synth_data(32, seed=5)
+    tr, te = TensorLoader(x, y, 20), TensorLoader(xt, yt, 20)
+    ln = C.line(net, a, b)
+    df = C.evaluate_path(ln, tr, te, ts=5)
+    assert list(df.columns) == C.PATH_COLUMNS
+    assert df["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (df["path"] == "line").all() and (df["status"] == "ok").all()
+    for row, sd in ((0, a), (4, b)):
+        ref = small_net()
+        ref.load_state_dict(sd)
+        ref.eval()
+        with torch.no_grad():
+            out = ref(x)
+            loss = nn.functional.cross_entropy(out, y).item()
+            acc = (out.argmax(1) == y).float().mean().item()
+            tloss = nn.functional.cross_entropy(ref(xt), yt).item()
+        assert df.loc[row, "train_loss"] == pytest.approx(loss, rel=1e-5)
+        assert df.loc[row, "train_acc"] == pytest.approx(acc)
+        assert df.loc[row, "test_loss"] == pytest.approx(tloss, rel=1e-5)
+    assert ((df["train_acc"] >= 0) & (df["train_acc"] <= 1)).all()
+
+
+def test_evaluate_path_bn_equals_naive_update_bn():
+    net = small_net(bn=True)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    curve = C.Curve(net, a, b, kind="polychain", num_bends=3)
+    _set_bends(curve, 9)
+    x, y = synth_data(40, seed=6)
+    tr = TensorLoader(x, y, 16)
+    df = C.evaluate_path(curve, tr, None, ts=[0.0, 0.6])
+    assert (df["path"] == "curve").all() and df["test_loss"].isna().all()
+    for i, t in enumerate([0.0, 0.6]):
+        ref = small_net(bn=True)
+        ref.load_state_dict(curve.weights_at(t))
+        torch.optim.swa_utils.update_bn([(xb, yb) for xb, yb in tr.batches(0)], ref)
+        ref.eval()
+        with torch.no_grad():
+            loss = nn.functional.cross_entropy(ref(x), y).item()
+        assert df.loc[i, "train_loss"] == pytest.approx(loss, rel=1e-4), t
+
+
+def test_torchvision_resnet18_unmodified():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10, weights=None)
+    a = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(1)
+    b = torchvision.models.resnet18(num_classes=10, weights=None).state_dict()
+    curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
+    w0 = curve.weights_at(0.0)
+    assert all(torch.equal(w0[k], a[k]) for k in a)
+    x, y = synth_data(12, seed=7, size=32, channels=3)
+    loader = TensorLoader(x, y, 6)
+    df = C.evaluate_path(curve, loader, loader, ts=[0.0, 0.5, 1.0])
+    assert df[["train_loss", "test_loss", "train_acc"]].notna().all().all()
+    assert np.isfinite(df["train_loss"]).all()
+    state = curve.weights_at(0.5)
+    C.recompute_bn(net, state, loader)
+    ref = torchvision.models.resnet18(num_classes=10, weights=None)
+    ref.load_state_dict(curve.weights_at(0.5))
+    torch.optim.swa_utils.update_bn([(xb, yb) for xb, yb in loader.batches(0)], ref)
+    for k in ("bn1.running_mean", "layer4.1.bn2.running_var"):
+        assert torch.allclose(state[k], ref.state_dict()[k], rtol=1e-4, atol=1e-5), k
+    curve.train()
+    curve(x[:4], 0.5).sum().backward()
+    assert curve.bends.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- plane
+
+
+def test_plane_basis_and_projections():
+    net = small_net(bn=True)
+    w1, w2, th = (trained_like_state(net, s) for s in (1, 2, 3))
+    basis = C.plane_basis(net, w1, w2, th)
+    assert abs(basis.u.norm().item() - 1) < 1e-10 and abs(basis.v.norm().item() - 1) < 1e-10
+    assert abs(torch.dot(basis.u, basis.v).item()) < 1e-10
+    v1, v2, v3 = (C.flat_parameters(net, s) for s in (w1, w2, th))
+    pu, pv, d, rel = basis.coords(v1)
+    assert (pu, pv, d, rel) == (0.0, 0.0, 0.0, 0.0)
+    pu, pv, d, rel = basis.coords(v2)
+    assert pu == pytest.approx((v2 - v1).norm().item(), rel=1e-12) and abs(pv) < 1e-9 and d < 1e-9
+    pu, pv, d, _ = basis.coords(v3)
+    assert d < 1e-9 and pv > 0
+    assert torch.allclose(basis.point(pu, pv), v3, atol=1e-9)
+    # an off-plane point: distance = norm of the residual
+    off = basis.point(0.3, 0.2) + 0.5 * torch.nn.functional.normalize(torch.randn_like(v1) - 0, dim=0)
+    r = off - basis.origin
+    resid = r - torch.dot(r, basis.u) * basis.u - torch.dot(r, basis.v) * basis.v
+    assert basis.coords(off)[2] == pytest.approx(resid.norm().item(), rel=1e-9)
+
+
+def test_plane_grid_tables():
+    net = small_net(bn=True)
+    w1, w2, th, extra = (trained_like_state(net, s) for s in (1, 2, 3, 4))
+    x, y = synth_data(24, seed=8)
+    loader = TensorLoader(x, y, 12)
+    grid, pts = C.plane_grid(net, w1, w2, th, loader, loader, grid_points=(3, 2), margin=0.1,
+                             checkpoints={"epoch74": extra})
+    assert list(grid.columns) == C.GRID_COLUMNS and len(grid) == 6
+    assert list(pts.columns) == C.POINT_COLUMNS
+    assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch74"]
+    assert (pts["distance"][:3] < 1e-8).all() and pts.loc[3, "distance"] > 0
+    assert 0 < pts.loc[3, "rel_distance"] <= 1
+    assert np.isfinite(grid[["train_loss", "test_loss"]].to_numpy()).all()
+    d = (pts.loc[1, "u"] - pts.loc[0, "u"])
+    assert grid["u"].min() == pytest.approx(min(0.0, pts.loc[2, "u"]) - 0.1 * (max(d, pts.loc[2, "u"]) - min(0.0, pts.loc[2, "u"])))
+    # the grid point at w1 reproduces w1's loss (with recomputed BN)
+    g2, _ = C.plane_grid(net, w1, w2, th, loader, None, grid_points=2, margin=0.0)
+    ln = C.evaluate_path(C.line(net, w1, w2), loader, None, ts=[0.0])
+    row = g2[(g2["u"] == 0.0) & (g2["v"] == 0.0)]
+    assert row["train_loss"].item() == pytest.approx(ln.loc[0, "train_loss"], rel=1e-5)
+    with pytest.raises(C.CurveError, match="identical"):
+        C.plane_basis(net, w1, w1, th)
+
+
+# --------------------------------------------------------------------------- fitting, resume, checkpoints
+
+
+def _fit_setup(seed=0):
+    net = small_net(bn=True)
+    a, b = trained_like_state(net, 1), trained_like_state(net, 2)
+    curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
+    x, y = synth_data(60, seed=11)
+    return curve, x, y
+
+
+def test_fit_curve_trains_bends_only_and_resumes_exactly(tmp_path):
+    curve, x, y = _fit_setup()
+    start_before = curve.start_params.clone()
+    bends_before = curve.bends.detach().clone()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10, shuffle=True), epochs=3, lr=0.05, seed=3,
+                     out_dir=tmp_path / "a", t_per_batch=2)
+    assert len(df) == 3 and (df["status"] == "ok").all()
+    assert df["lr"].tolist() == pytest.approx([0.05, 0.05, 0.05 * C.garipov_lr_factor(2, 3)])
+    assert torch.equal(curve.start_params, start_before)
+    assert not torch.equal(curve.bends.detach(), bends_before)
+    assert (tmp_path / "a" / "metrics.csv").exists()
+    # interrupted run (simulated kill mid-epoch, resume state every 4 iterations), then restarted
+    c2, _, _ = _fit_setup()
+    with pytest.raises(KeyboardInterrupt):
+        C.fit_curve(c2, TensorLoader(x, y, 10, shuffle=True, fail_after=10), epochs=3, lr=0.05, seed=3,
+                    out_dir=tmp_path / "b", t_per_batch=2, resume_every=4)
+    assert (tmp_path / "b" / "resume.pt").exists() and not (tmp_path / "b" / "curve.pt").exists()
+    c3, _, _ = _fit_setup()
+    df3 = C.fit_curve(c3, TensorLoader(x, y, 10, shuffle=True), epochs=3, lr=0.05, seed=3,
+                      out_dir=tmp_path / "b", t_per_batch=2, resume_every=4)
+    assert torch.equal(c3.bends.detach(), curve.bends.detach())
+    assert df3["train_loss"].tolist() == pytest.approx(df["train_loss"].tolist(), rel=1e-6)
+    # the saved curve reloads onto a fresh module and gives the same points
+    ck = load_checkpoint(tmp_path / "b" / "curve.pt")
+    assert ck["meta"]["curve"] == {"kind": "bezier", "num_bends": 3} and ck["meta"]["status"] == "ok"
+    c4 = C.load_curve(tmp_path / "b" / "curve.pt", small_net(bn=True))
+    assert torch.equal(c4.flat_params_at(0.4), c3.flat_params_at(0.4))
+    # finished: a rerun does nothing and returns the metrics
+    df5 = C.fit_curve(c2, TensorLoader(x, y, 10), epochs=3, lr=0.05, seed=3, out_dir=tmp_path / "b")
+    assert len(df5) == 3 and torch.equal(c2.bends.detach(), curve.bends.detach())
+
+
+def test_fit_lowers_loss_along_curve():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    a = {k: torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}
+    b = {k: torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}
+    curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
+    loader = TensorLoader(x, y, 20, shuffle=True)
+    before = C.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
+    C.fit_curve(curve, loader, epochs=15, lr=0.05, wd=0.0, seed=0)
+    after = C.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
+    assert after < before, (before, after)
+
+
+def test_garipov_schedule():
+    f = C.garipov_lr_factor
+    assert f(0, 10) == 1 and f(5, 10) == 1
+    assert f(7, 10) == pytest.approx(1 - 0.5 * 0.99)
+    assert f(9, 10) == pytest.approx(0.01) and f(9.5, 10) == 0.01
+
+
+# --------------------------------------------------------------------------- CLI: diverged endpoints
+
+
+def test_cli_diverged_endpoint_writes_nan_tables(tmp_path):
+    net = small_net()
+    meta = {"run": "x", "seed": 0, "epoch": 1, "iteration": 1, "status": "ok",
+            "model": {"name": "small_cnn", "batch_norm": False},
+            "data": {"name": "fashion_mnist", "in_channels": 1, "num_classes": 10, "image_size": 28}}
+    ok = tmp_path / "ok.pt"
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(ok, net.state_dict(), meta)
+    save_checkpoint(bad, None, {**meta, "status": "diverged"})
+    out = tmp_path / "line.csv"
+    assert C.main(["evaluate", "--start", str(ok), "--end", str(bad), "--out", str(out), "--points", "7",
+                   "--data", "fashion_mnist", "--quiet"]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == C.PATH_COLUMNS and len(df) == 7
+    assert (df["status"] == "diverged").all() and df["train_loss"].isna().all() and (df["path"] == "line").all()
+    assert C.main(["fit", "--start", str(bad), "--end", str(ok), "--out", str(tmp_path / "fit"), "--epochs", "1",
+                   "--data", "fashion_mnist", "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "fit" / "curve.pt")["meta"]["status"] == "diverged"
+    assert C.main(["plane", "--w1", str(ok), "--w2", str(bad), "--bend", str(ok), "--out-dir", str(tmp_path / "pl"),
+                   "--data", "fashion_mnist", "--quiet"]) == 0
+    assert (pd.read_csv(tmp_path / "pl" / "points.csv")["status"] == "diverged").all()
