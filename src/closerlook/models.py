@@ -1,0 +1,314 @@
+"""Models: VGG-11/16 (+BN), ResNet-18 (CIFAR variant) and a small VGG-style CNN.
+
+``build_model(spec, in_channels, num_classes, image_size)`` with
+``spec = {"name", "batch_norm", "init", "init_scale", "width", "dropout"}``:
+
+- ``name``: one of :data:`MODEL_NAMES`.
+- ``batch_norm`` (bool): BatchNorm2d after every conv. Default False, except
+  ``resnet18`` (default True; False replaces its BN layers by identities).
+- ``init``: ``default`` (PyTorch's), ``paper`` (conv N(0, sqrt(2/(k*k*out))),
+  linear N(0, 0.01), biases 0, BN weight 1 / bias 0), or ``scaled`` (paper
+  init, then every conv and linear weight multiplied by ``init_scale``: the
+  "poor initialisation" variant E).
+- ``init_scale`` (float > 0, default 1.0): only used by ``scaled``.
+- ``width`` (number > 0, default 1): multiplies the conv channel counts
+  (classifier input follows; hidden FC sizes stay as specified).
+- ``dropout`` (float in [0, 1)): dropout before the first two FC layers;
+  default 0.5 for VGG (as the paper), 0.0 for ``small_cnn`` (no Dropout module).
+
+ReLUs are separate, non-inplace modules so that forward hooks capture the
+activations. Every model built here carries ``closerlook_layers`` (see
+:func:`analysis_layers`), ``closerlook_groups`` (:func:`parameter_groups`) and
+``closerlook_spec`` (the normalised spec).
+
+VGG max pools use ``ceil_mode=True``: identical to the usual floor pooling on
+32x32 inputs (all sizes even) and lets a 28x28 input go through all five pools
+(28-14-7-4-2-1). ``small_cnn`` uses floor pooling (28 -> 3, 32 -> 4).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from .io import ConfigError
+
+MODEL_NAMES = ("vgg11", "vgg16", "resnet18", "small_cnn")
+INITS = ("default", "paper", "scaled")
+SPEC_KEYS = ("name", "batch_norm", "init", "init_scale", "width", "dropout")
+
+VGG_CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "small_cnn": [32, 32, "M", 64, 64, "M", 128, 128, "M"],
+}
+FC_HIDDEN = {"vgg11": 4096, "vgg16": 4096, "small_cnn": 256}
+
+
+# ----------------------------------------------------------------------------- spec
+
+def _normalise_spec(spec: dict) -> dict:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model: must be a mapping with at least 'name', got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: unknown model key; known keys: {', '.join(SPEC_KEYS)}")
+    name = spec.get("name")
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    bn = spec.get("batch_norm", None)
+    if bn is None:
+        bn = name == "resnet18"
+    if not isinstance(bn, bool):
+        raise ConfigError(f"model.batch_norm: must be true or false, got {bn!r}")
+    init = spec.get("init", "default")
+    if init not in INITS:
+        raise ConfigError(f"model.init: unknown init {init!r}; known: {', '.join(INITS)}")
+    scale = spec.get("init_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"model.init_scale: must be a number > 0, got {scale!r}")
+    width = spec.get("width", 1)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise ConfigError(f"model.width: must be a number > 0, got {width!r}")
+    dropout = spec.get("dropout", 0.5 if name.startswith("vgg") else 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout: must be a number in [0, 1), got {dropout!r}")
+    if name == "resnet18" and "dropout" in spec:
+        raise ConfigError("model.dropout: not supported by resnet18")
+    return {"name": name, "batch_norm": bn, "init": init, "init_scale": float(scale),
+            "width": width, "dropout": float(dropout)}
+
+
+def _check_dims(in_channels: Any, num_classes: Any, image_size: Any) -> None:
+    for key, val in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ConfigError(f"{key}: must be a positive integer, got {val!r}")
+
+
+def _ch(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+# ----------------------------------------------------------------------------- VGG-style
+
+class VGG(nn.Module):
+    """``features`` (conv [BN] ReLU ... MaxPool) then ``classifier`` (FC stack)."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _build_vgg(spec: dict, in_channels: int, num_classes: int, image_size: int) -> VGG:
+    name = spec["name"]
+    cfg = VGG_CONFIGS[name]
+    ceil = name != "small_cnn"
+    layers: list[nn.Module] = []
+    names: list[tuple[str, int]] = []
+    c_in, size, i_conv = in_channels, image_size, 0
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=ceil))
+            size = math.ceil(size / 2) if ceil else size // 2
+            if size < 1:
+                raise ConfigError(f"image_size: {image_size} is too small for the {cfg.count('M')} pooling "
+                                  f"layers of {name} (need at least {2 ** cfg.count('M')})")
+            continue
+        c_out = _ch(v, spec["width"])
+        layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+        if spec["batch_norm"]:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.ReLU())
+        i_conv += 1
+        names.append((f"conv{i_conv}", len(layers) - 1))
+        c_in = c_out
+    features = nn.Sequential(*layers)
+
+    hidden = FC_HIDDEN[name]
+    p = spec["dropout"]
+    head: list[nn.Module] = []
+    fc_names: list[tuple[str, int]] = []
+    dims = [c_in * size * size, hidden, hidden]
+    for k in range(2):
+        if p > 0:
+            head.append(nn.Dropout(p))
+        head.append(nn.Linear(dims[k], dims[k + 1]))
+        head.append(nn.ReLU())
+        fc_names.append((f"fc{k + 1}", len(head) - 1))
+    head.append(nn.Linear(hidden, num_classes))
+    fc_names.append(("fc3", len(head) - 1))
+    model = VGG(features, nn.Sequential(*head))
+    layers_map = OrderedDict((d, f"features.{i}") for d, i in names)
+    layers_map.update((d, f"classifier.{i}") for d, i in fc_names)
+    model.closerlook_layers = dict(layers_map)
+    model.closerlook_groups = {"classifier": ["classifier."], "features": ["features."]}
+    return model
+
+
+# ----------------------------------------------------------------------------- ResNet-18 (CIFAR)
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bn: bool) -> None:
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not bn)
+        self.bn1 = norm(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=not bn)
+        self.bn2 = norm(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not bn), norm(c_out))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18: 3x3 stem (no max pool), BasicBlocks [2,2,2,2], avgpool, fc."""
+
+    def __init__(self, in_channels: int, num_classes: int, bn: bool = True, width: float = 1) -> None:
+        super().__init__()
+        widths = [_ch(c, width) for c in (64, 128, 256, 512)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=not bn),
+                                  nn.BatchNorm2d(widths[0]) if bn else nn.Identity(), nn.ReLU())
+        c_in = widths[0]
+        for i, (c, stride) in enumerate(zip(widths, (1, 2, 2, 2))):
+            blocks = [BasicBlock(c_in, c, stride, bn), BasicBlock(c, c, 1, bn)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            c_in = c
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _build_resnet18(spec: dict, in_channels: int, num_classes: int, image_size: int) -> ResNet18:
+    model = ResNet18(in_channels, num_classes, bn=spec["batch_norm"], width=spec["width"])
+    layers = OrderedDict([("stem", "stem")])
+    k = 0
+    for i in range(1, 5):
+        for j in range(2):
+            k += 1
+            layers[f"block{k}"] = f"layer{i}.{j}"
+    layers["fc"] = "fc"
+    model.closerlook_layers = dict(layers)
+    model.closerlook_groups = {"classifier": ["fc."],
+                               "features": ["stem.", "layer1.", "layer2.", "layer3.", "layer4."]}
+    return model
+
+
+# ----------------------------------------------------------------------------- init
+
+def _init_paper(model: nn.Module, scale: float = 1.0) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        if scale != 1.0 and isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                m.weight.mul_(scale)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Build the model named by ``spec`` (see the module docstring); ConfigError names a bad key."""
+    spec = _normalise_spec(spec)
+    _check_dims(in_channels, num_classes, image_size)
+    if spec["name"] == "resnet18":
+        model = _build_resnet18(spec, in_channels, num_classes, image_size)
+    else:
+        model = _build_vgg(spec, in_channels, num_classes, image_size)
+    if spec["init"] in ("paper", "scaled"):
+        _init_paper(model, spec["init_scale"] if spec["init"] == "scaled" else 1.0)
+    model.closerlook_spec = dict(spec)
+    return model
+
+
+def analysis_layers(model: nn.Module) -> dict[str, str]:
+    """Ordered ``{display name: qualified module name}`` whose OUTPUT is that layer's representation.
+
+    Models from :func:`build_model`: VGG/small_cnn give ``conv1..convN`` (the
+    ReLU after each conv, after BN when present), ``fc1``, ``fc2`` (their ReLUs)
+    and ``fc3`` (the logits Linear); resnet18 gives ``stem``, ``block1..block8``
+    (BasicBlock outputs) and ``fc``. Any other module: every ``nn.Conv2d`` and
+    ``nn.Linear`` in registration order, keyed by its qualified name (the
+    pre-activation outputs).
+    """
+    layers = getattr(model, "closerlook_layers", None)
+    if layers is not None:
+        return dict(layers)
+    return {n: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[str]]:
+    """``{"classifier": [prefixes], "features": [prefixes]}`` of parameter names.
+
+    Other modules: ``classifier`` = every ``nn.Linear``, ``features`` = every
+    other module that owns parameters directly.
+    """
+    groups = getattr(model, "closerlook_groups", None)
+    if groups is not None:
+        return {k: list(v) for k, v in groups.items()}
+    classifier, features = [], []
+    for n, m in model.named_modules():
+        if not any(True for _ in m.parameters(recurse=False)):
+            continue
+        (classifier if isinstance(m, nn.Linear) else features).append(f"{n}." if n else "")
+    return {"classifier": classifier, "features": features}
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Forward multiply-adds per image of every Conv2d and Linear (hooks, one zero image).
+
+    ``input_shape`` is ``(C, H, W)`` (or ``(1, C, H, W)``).
+    """
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        per_out = (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1] \
+            if isinstance(mod, nn.Conv2d) else mod.in_features
+        total += out.numel() // out.shape[0] * per_out
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        x = torch.zeros(shape, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else torch.float32)
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total)
