@@ -1,0 +1,29 @@
+# closerlook: Gotmare et al. (ICLR 2019) as one DAG.
+#   data prep -> train runs (seeds, variants) -> fit curves between checkpoints
+#   -> activations -> similarity -> figures + claims report.
+# Default config: the paper-scale study. CPU demo: --configfile config/demo.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The paper config is the default; `--configfile X` replaces it (no merging).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/curves.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/similarity.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

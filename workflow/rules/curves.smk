@@ -1,0 +1,94 @@
+# Stage 3: mode connectivity. Fit a curve between two checkpoints, evaluate
+# the curve and the straight line at N points (BN statistics recomputed at
+# each t), and the loss plane through (w1, w2, bend) with projected iterates.
+
+
+def _curve_ends(wc):
+    a, b = C.curve_instances(config, wc.curve)[wc.inst]
+    return {"start": ckpt(a), "end": ckpt(b)}
+
+
+rule fit_curve:
+    input:
+        unpack(_curve_ends),
+        data=DATA_CACHE,
+    output:
+        curve=f"{R}/curves/{{curve}}/{{inst}}/curve.pt",
+        metrics=f"{R}/curves/{{curve}}/{{inst}}/metrics.csv",
+    params:
+        settings=lambda wc: C.curve_settings(config, wc.curve),
+        data=DATA,
+        seed=lambda wc: C.curve_instances(config, wc.curve)[wc.inst][0].seed,
+        workdir=lambda wc: f"{R}/work/curves/{wc.curve}/{wc.inst}",
+    log:
+        log_path("curves", "{curve}", "{inst}-fit"),
+    threads: res("curves", "threads", 1)
+    resources:
+        gpu=GPU,
+        mem_mb=res("curves", "mem_mb", 8000),
+        runtime=res("curves", "runtime", 720),
+    conda:
+        ENV
+    script:
+        "../../scripts/fit_curve.py"
+
+
+def _path_inputs(wc):
+    d = _curve_ends(wc)
+    if wc.path == "curve":
+        d["curve"] = f"{curve_dir(wc.curve, wc.inst)}/curve.pt"
+    return d
+
+
+rule evaluate_path:
+    input:
+        unpack(_path_inputs),
+        data=DATA_CACHE,
+    output:
+        f"{R}/curves/{{curve}}/{{inst}}/{{path}}.csv",
+    params:
+        settings=lambda wc: C.curve_settings(config, wc.curve),
+        data=DATA,
+    log:
+        log_path("curves", "{curve}", "{inst}-{path}"),
+    threads: res("curves", "threads", 1)
+    resources:
+        gpu=GPU,
+        mem_mb=res("curves", "mem_mb", 8000),
+        runtime=res("curves", "runtime", 240),
+    conda:
+        ENV
+    script:
+        "../../scripts/evaluate_path.py"
+
+
+def _plane_inputs(wc):
+    p = config["planes"][wc.plane]
+    d = _curve_ends(type("W", (), {"curve": p["curve"], "inst": wc.inst})())
+    d["curve"] = f"{curve_dir(p['curve'], wc.inst)}/curve.pt"
+    d["project"] = [ckpt(ep) for ep in C.plane_projection(config, wc.plane, wc.inst)]
+    return d
+
+
+rule plane:
+    input:
+        unpack(_plane_inputs),
+        data=DATA_CACHE,
+    output:
+        grid=f"{R}/planes/{{plane}}/{{inst}}/grid.csv",
+        points=f"{R}/planes/{{plane}}/{{inst}}/points.csv",
+    params:
+        settings=lambda wc: C.plane_settings(config, wc.plane),
+        labels=lambda wc: [ep.tag for ep in C.plane_projection(config, wc.plane, wc.inst)],
+        data=DATA,
+    log:
+        log_path("planes", "{plane}", "{inst}"),
+    threads: res("curves", "threads", 1)
+    resources:
+        gpu=GPU,
+        mem_mb=res("curves", "mem_mb", 8000),
+        runtime=res("curves", "runtime", 720),
+    conda:
+        ENV
+    script:
+        "../../scripts/plane.py"

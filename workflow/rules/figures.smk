@@ -1,0 +1,33 @@
+# Stage 6: figures. Each figure is its own target:
+#   snakemake results/<name>/figures/<figure>.pdf
+# runs only what that figure needs.
+
+
+def _figure_inputs(wc):
+    return C.figure_layout(config, wc.figure)[1]
+
+
+rule figure:
+    input:
+        _figure_inputs,
+    output:
+        report(
+            multiext(f"{R}/figures/{{figure}}", *[f".{e}" for e in (config.get("figures") or {}).get("format", ["pdf", "png"])]),
+            caption="../report/{figure}.rst",
+            category="Figures",
+        ),
+    params:
+        layout=lambda wc: C.figure_layout(config, wc.figure)[0],
+        options=lambda wc: C.figure_options(config, wc.figure),
+    wildcard_constraints:
+        figure="|".join(C.FIGURE_NAMES),
+    log:
+        log_path("figures", "{figure}"),
+    threads: 1
+    resources:
+        mem_mb=res("figures", "mem_mb", 4000),
+        runtime=res("figures", "runtime", 30),
+    conda:
+        ENV
+    script:
+        "../../scripts/figure.py"

@@ -1,0 +1,28 @@
+# Stage 5: representation similarity. Per-layer CCA / SVCCA / CKA (and the
+# chance baseline) between the activations of two checkpoints.
+
+
+def _comparison_inputs(wc):
+    a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
+    return {"a": act_dir(a), "b": act_dir(b)}
+
+
+rule similarity:
+    input:
+        unpack(_comparison_inputs),
+    output:
+        f"{R}/similarity/{{comparison}}/{{inst}}.csv",
+    params:
+        settings=SIM,
+        labels=lambda wc: [ep.label for ep in C.comparison_instances(config, wc.comparison)[wc.inst]],
+    log:
+        log_path("similarity", "{comparison}", "{inst}"),
+    threads: res("similarity", "threads", 1)
+    resources:
+        gpu=GPU,
+        mem_mb=res("similarity", "mem_mb", 8000),
+        runtime=res("similarity", "runtime", 60),
+    conda:
+        ENV
+    script:
+        "../../scripts/similarity.py"

@@ -1,0 +1,40 @@
+# Stage 2: training. One rule per configured run (train_<run>), one job per
+# seed. Checkpoints are written into a work directory (resume state survives
+# a killed job) and published into place when the run ends.
+
+
+def _train_outputs(run):
+    tags = C.checkpoint_tags(C.resolve_run(config, run))
+    base = f"{R}/runs/{run}/seed{{seed}}"
+    return [f"{base}/{t}.pt" for t in tags] + [f"{base}/metrics.csv", f"{base}/status.json"]
+
+
+def _teacher_input(wildcards, run):
+    t = C.teacher_endpoint(config, run, int(wildcards.seed))
+    return [ckpt(t)] if t else []
+
+
+for _run in C.run_names(config):
+
+    rule:
+        name:
+            f"train_{_run}"
+        input:
+            data=DATA_CACHE,
+            teacher=lambda wc, r=_run: _teacher_input(wc, r),
+        output:
+            _train_outputs(_run),
+        params:
+            spec=lambda wc, r=_run: C.run_spec(config, r, int(wc.seed)),
+            workdir=lambda wc, r=_run: f"{R}/work/runs/{r}/seed{wc.seed}",
+        log:
+            log_path("train", _run, "seed{seed}"),
+        threads: res("train", "threads", 1)
+        resources:
+            gpu=GPU,
+            mem_mb=res("train", "mem_mb", 8000),
+            runtime=res("train", "runtime", 720),
+        conda:
+            ENV
+        script:
+            "../../scripts/train.py"
