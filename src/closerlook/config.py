@@ -65,8 +65,6 @@ PLANE_DEFAULTS: dict[str, Any] = {"grid": [21, 21], "margin": 0.2, "eval_train_i
 ACTIVATION_DEFAULTS: dict[str, Any] = {"mode": "pool", "subsample": 16, "batch_size": 500, "dtype": "float32"}
 SIMILARITY_DEFAULTS: dict[str, Any] = {
     "measures": ["cca_mean", "cca_mean98", "svcca", "linear_cka"],
-    "svcca_keep": 0.99,
-    "epsilon": 0.0,
     "chance": True,
     "comparisons": {},
 }

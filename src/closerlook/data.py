@@ -490,3 +490,23 @@ def _decode(entries, classes, read, root) -> tuple[torch.Tensor, torch.Tensor, l
         labels[k] = class_idx[c]
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     return images, torch.from_numpy(labels), list(classes)
+
+
+def load_subsets(spec: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """The train and test images of a data spec, with its stratified subsets applied.
+
+    ``spec``: ``{name, root, cache_dir, train_per_class, test_per_class, subset_seed}``
+    (the ``data`` block of a run spec). Returns ``(train_x, train_y, test_x, test_y, info)``.
+    """
+    seed = spec.get("subset_seed", 0) or 0
+    out: list[torch.Tensor] = []
+    info: dict = {}
+    for split in SPLITS:
+        x, y, info_split = load_split(spec["name"], split, root=spec.get("root"), cache_dir=spec.get("cache_dir"))
+        info = info or info_split
+        per_class = spec.get(f"{split}_per_class")
+        if per_class is not None:
+            idx = stratified_subset(y, per_class, seed)
+            x, y = x[idx], y[idx]
+        out += [x, y]
+    return out[0], out[1], out[2], out[3], info

@@ -312,3 +312,20 @@ def count_macs(model: nn.Module, input_shape) -> int:
             h.remove()
         model.train(was_training)
     return int(total)
+
+
+def model_from_checkpoint(ckpt: dict, path: str = "<checkpoint>") -> nn.Module:
+    """Rebuild the network of a closerlook checkpoint (``meta.model`` + ``meta.data``) and load its weights."""
+    from .io import CheckpointError
+
+    meta = ckpt.get("meta") or {}
+    if "model" not in meta or "data" not in meta:
+        raise CheckpointError(f"{path}: checkpoint meta lacks 'model'/'data' (needed to rebuild the network)")
+    d = meta["data"]
+    try:
+        model = build_model(meta["model"], d["in_channels"], d["num_classes"], d["image_size"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: meta.data lacks {exc.args[0]!r}") from exc
+    if ckpt.get("model") is not None:
+        model.load_state_dict(ckpt["model"])
+    return model
