@@ -16,12 +16,12 @@ from closerlook.train import (METRICS_COLUMNS, accumulate_gradients, distillatio
 
 @pytest.fixture()
 def spec(fmnist_dir, data_cache):
-    """300 Fashion-MNIST images, batch 20 -> 15 iterations per epoch."""
+    """200 Fashion-MNIST images, batch 20 -> 10 iterations per epoch; a quarter-width small_cnn."""
     return {
         "name": "tiny", "seed": 0,
         "data": {"name": "fashion_mnist", "root": str(fmnist_dir), "cache_dir": str(data_cache),
-                 "train_per_class": 30, "test_per_class": 10, "subset_seed": 0},
-        "model": {"name": "small_cnn"},
+                 "train_per_class": 20, "test_per_class": 10, "subset_seed": 0},
+        "model": {"name": "small_cnn", "width": 0.25},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"name": "constant"},
         "epochs": 1, "batch_size": 20, "augment": False,
@@ -159,7 +159,7 @@ def test_outputs_metrics_and_determinism(spec, tmp_path):
     lines = []
     r1 = train_run(s, tmp_path / "a", progress=lines.append)
     train_run(s, tmp_path / "b", progress=None)
-    assert r1["status"] == "ok" and r1["iteration"] == 30
+    assert r1["status"] == "ok" and r1["iteration"] == 20
     for f in ("epoch1.pt", "epoch2.pt", "iter0.pt", "iter7.pt", "final.pt", "metrics.csv", "status.json"):
         assert (tmp_path / "a" / f).exists(), f
     assert not (tmp_path / "a" / "resume.pt").exists()
@@ -167,26 +167,26 @@ def test_outputs_metrics_and_determinism(spec, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], _sd(tmp_path / "a" / "iter0.pt")[k]) for k in a)
     meta = io.load_checkpoint(tmp_path / "a" / "iter7.pt")["meta"]
-    assert meta["iteration"] == 7 and meta["epoch"] == pytest.approx(7 / 15) and meta["status"] == "ok"
+    assert meta["iteration"] == 7 and meta["epoch"] == pytest.approx(7 / 10) and meta["status"] == "ok"
     assert meta["model"] == s["model"] and meta["data"]["num_classes"] == 10
     rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
     assert list(rows[0]) == METRICS_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
-    assert float(rows[0]["lr"]) == pytest.approx(1e-4) and rows[1]["iteration"] == "30"
-    assert lines[0].startswith("epoch 1/2 it 15 lr ") and "img/s" in lines[0]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4) and rows[1]["iteration"] == "20"
+    assert lines[0].startswith("epoch 1/2 it 10 lr ") and "img/s" in lines[0]
     assert json.loads((tmp_path / "a" / "status.json").read_text())["status"] == "ok"
 
 
 def test_divergence_is_recorded_cleanly(spec, tmp_path, capsys):
     s = dict(spec, epochs=3, optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.9},
-             checkpoints={"epochs": [1, 3], "iterations": [0, 40]})
+             checkpoints={"epochs": [1, 3], "iterations": [0, 25]})
     spec_file = tmp_path / "run.json"
     spec_file.write_text(json.dumps(s))
     assert main(["--spec", str(spec_file), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     out = tmp_path / "o"
     st = json.loads((out / "status.json").read_text())
-    assert st["status"] == "diverged" and st["diverged_at_iteration"] < 40
+    assert st["status"] == "diverged" and st["diverged_at_iteration"] < 25
     assert io.load_checkpoint(out / "iter0.pt")["model"] is not None
-    for f in ("epoch1.pt", "epoch3.pt", "iter40.pt", "final.pt"):
+    for f in ("epoch1.pt", "epoch3.pt", "iter25.pt", "final.pt"):
         ck = io.load_checkpoint(out / f)
         assert ck["model"] is None and ck["meta"]["status"] == "diverged", f
     rows = list(csv.DictReader(open(out / "metrics.csv")))
@@ -219,7 +219,7 @@ def test_bf16_autocast_on_cpu_and_accumulation_run(spec, tmp_path):
     ({"epochs": 0}, "epochs"),
     ({"batch_size": 50, "micro_batch_size": 20}, "micro_batch_size"),
     ({"checkpoints": {"epochs": [2]}}, "checkpoints.epochs"),
-    ({"checkpoints": {"iterations": [16]}}, "checkpoints.iterations"),   # 15 iterations in total
+    ({"checkpoints": {"iterations": [11]}}, "checkpoints.iterations"),   # 10 iterations in total
     ({"warmup": {"iterations": -5}}, "warmup.iterations"),
     ({"distill": {"teacher": "t.pt", "alpha": 1.5}}, "distill.alpha"),
     ({"distill": {"teacher": "t.pt", "temperature": 0}}, "distill.temperature"),
@@ -241,6 +241,6 @@ def test_validate_run_spec_names_the_key(spec, patch, key):
 
 
 def test_validate_run_spec_accepts_and_completes(spec):
-    full = validate_run_spec(dict(spec, checkpoints={"epochs": [0, 1], "iterations": [15]}))
+    full = validate_run_spec(dict(spec, checkpoints={"epochs": [0, 1], "iterations": [10]}))
     assert full["resume_every"] == 50 and full["warmup"]["iterations"] == 0
     assert full["optimizer"]["nesterov"] is False
