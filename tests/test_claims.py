@@ -137,3 +137,12 @@ def test_reports_are_written(good, tmp_path):
     assert "0.475" in md  # a measured barrier
     assert "recovered_fraction: 0.1667" in md
     assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_measure_choice(good):
+    # the synthetic linear_cka is 0.9 x cca_mean: deep gap 0.27 instead of 0.3
+    res = claims.evaluate(good, {**RULES, "measure": "linear_cka"})
+    assert res["claims"][4]["measured"]["seed0"]["deep_gap"] == pytest.approx(0.27)
+    lay = {**good, "fig6_distill": {**good["fig6_distill"], "measure": "pwcca"}}
+    c7 = claims.evaluate(lay, RULES)["claims"][6]
+    assert c7["verdict"] == "inconclusive" and "no 'pwcca' rows" in c7["notes"]

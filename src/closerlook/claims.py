@@ -16,8 +16,8 @@ Verdict logic, the same for every claim:
 
 :func:`write_reports` writes ``claims.json`` and ``claims.md`` atomically.
 
-Rules (defaults = config/demo.yaml; ``rules`` may also carry ``measure`` (default
-``cca_mean``), the similarity measure used by claims 5 and 7):
+Rules (defaults = config/demo.yaml). The similarity measure of claims 5 and 7 is the
+layout's ``measure`` key if present, else ``rules["measure"]``, else ``cca_mean``:
 
 1. SGDR pairs, each pair x seed: line barrier = max_t line train loss - max(line train loss at t=0, t=1)
    > ``barrier_min_nats`` AND curve excess = the same on the curve < ``curve_close_nats``.
@@ -441,9 +441,9 @@ def _match_inst(paths: Mapping | None, inst: str) -> Any:
 def _claim5(layout: Mapping, rules: Mapping) -> dict:
     k = int(rules["deep_layers"])
     gap_min, spread_max, acc_gap = float(rules["deep_min_gap"]), float(rules["shallow_max_spread"]), float(rules["acc_min_gap"])
-    measure = str(rules.get("measure", "cca_mean"))
-    acc, measured, extra = _Acc(), {}, []
     layout = layout or {}
+    measure = str(layout.get("measure") or rules.get("measure") or "cca_mean")
+    acc, measured, extra = _Acc(), {}, []
     sim, metrics = layout.get("similarity", {}) or {}, layout.get("metrics", {}) or {}
     roles = _roles(layout)
     measured["roles"] = dict(roles)
@@ -535,7 +535,7 @@ def _claim6(layout: Mapping, rules: Mapping) -> dict:
 def _claim7(layout: Mapping, rules: Mapping) -> dict:
     k = int(rules["deep_layers"])
     gap_min, spread_max = float(rules["deep_min_gap"]), float(rules["shallow_max_spread"])
-    measure = str(rules.get("measure", "cca_mean"))
+    measure = str((layout or {}).get("measure") or rules.get("measure") or "cca_mean")
     acc, measured, extra = _Acc(), {}, []
     sim = (layout or {}).get("similarity", {}) or {}
     labels = list(sim)

@@ -36,6 +36,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -260,6 +261,7 @@ def _draw_pairs(ax, pairs: Mapping[str, Any], column: str, title: str, colors=No
             _plot_seeds(ax, ser, f"{name} {kind}", colors[k % len(colors)], ls=ls, marker="o" if kind == "curve" else None)
     if not labels:
         ax.text(0.5, 0.5, "no pairs configured", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlim(-0.03, 1.03)
     ax.set_xlabel("t along the path (0 = w1, 1 = w2)")
     ax.set_ylabel(_ylabel(column))
     ax.set_title(title)
@@ -294,6 +296,7 @@ def fig1_robustness(layout: Mapping, options: Mapping) -> Figure:
             _plot_seeds(ax, [_series(t["line"], "t", col) for t in tables.values()], "_nolegend_", c, ls=":",
                         lw=1.0, band=False, alpha=0.7)
     for ax, col in ((ax_acc, "test_acc"), (ax_loss, "train_loss")):
+        ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel("t along the path (0 = G, 1 = variant)")
         ax.set_ylabel(_ylabel(col))
     ax_acc.set_title("(a) test (validation) accuracy along the curve")
@@ -462,8 +465,8 @@ def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
             notes.append("no finite values on the grid")
         if {"w1", "w2", "bend"} <= set(anchors):
             b = bezier(anchors["w1"], anchors["bend"], anchors["w2"])
-            ax.plot(b[:, 0], b[:, 1], color="white", lw=2.2, ls="-", label="trained curve (Bezier)")
-            ax.plot(b[:, 0], b[:, 1], color="black", lw=0.8, ls="-")
+            ax.plot(b[:, 0], b[:, 1], color="black", lw=1.3, ls="-", label="trained curve (Bezier)",
+                    path_effects=[patheffects.withStroke(linewidth=3.2, foreground="white")])
             ax.plot(*np.array([anchors["w1"], anchors["w2"]]).T, color="0.25", lw=1.0, ls="--", label="straight line")
         for a, mk in (("w1", "o"), ("w2", "s"), ("bend", "^")):
             if a in anchors:
