@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import scipy.linalg
 
 __all__ = [
     "SampleSizeWarning",
@@ -151,7 +152,9 @@ def _scatter_numpy(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray,
         work = acc_dt
     else:
         work = np.complex64 if complex_ else np.float32
-    chunk = chunk or _chunk_rows(nx + ny)
+    # float32 products: at most 4096 rows summed in float32 per chunk (bounded rounding
+    # growth), chunk products accumulated in float64.
+    chunk = chunk or (_chunk_rows(nx + ny) if products == "float64" else min(4096, _chunk_rows(nx + ny)))
     chunk = min(chunk, n) if n else 1
     sxx = np.zeros((nx, nx), acc_dt)
     syy = np.zeros((ny, ny), acc_dt)
@@ -298,10 +301,13 @@ class CovarianceAccumulator:
         dx = other.mean_x - self.mean_x
         dy = other.mean_y - self.mean_y
         f = na * nb / n
-        sxx = self.sxx + other.sxx + f * np.outer(dx.conj(), dx)
-        syy = self.syy + other.syy + f * np.outer(dy.conj(), dy)
-        sxy = self.sxy + other.sxy + f * np.outer(dx.conj(), dy)
-        self._set(n, self.mean_x + dx * (nb / n), self.mean_y + dy * (nb / n), sxx, syy, sxy)
+        for s_self, s_other, a, b in ((self.sxx, other.sxx, dx, dx), (self.syy, other.syy, dy, dy),
+                                      (self.sxy, other.sxy, dx, dy)):
+            s_self += s_other                       # in place: no (neurons x neurons) temporaries
+            s_self += np.outer(a.conj() * f, b)
+        self.n = n
+        self.mean_x = self.mean_x + dx * (nb / n)
+        self.mean_y = self.mean_y + dy * (nb / n)
         return self
 
     @property
@@ -474,8 +480,6 @@ def _chol_weights(g: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
         r = np.linalg.cholesky(g).conj().T      # upper
         d = np.abs(np.diagonal(r)) ** 2
         if gmax > 0 and np.all(d > tol * gmax):
-            import scipy.linalg
-
             return scipy.linalg.solve_triangular(r, b, trans="C", lower=False)
     except np.linalg.LinAlgError:
         pass
