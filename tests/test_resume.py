@@ -107,17 +107,17 @@ def test_sigkill_and_resume_gives_identical_weights(fmnist_dir, data_cache, tmp_
     assert again["status"] == "ok" and "already complete" in msgs[0]
 
 
-def test_resume_state_from_another_spec_is_ignored(fmnist_dir, data_cache, tmp_path):
-    spec = dict(_spec(fmnist_dir, data_cache), epochs=1, freeze=None, checkpoints={"epochs": [], "iterations": []})
-    other = dict(spec, seed=99)
-    # leave a resume.pt of a different spec behind: it must not be used
+def test_outputs_of_another_spec_are_not_trusted(fmnist_dir, data_cache, tmp_path):
+    spec = dict(_spec(fmnist_dir, data_cache), epochs=1, freeze=None, checkpoints={"epochs": [1], "iterations": [0]})
     out = tmp_path / "o"
-    train_run(dict(other, epochs=2), tmp_path / "tmp_other", progress=None)
+    # a finished run of another spec in the same directory, plus a foreign resume.pt
+    train_run(dict(spec, seed=99), out, progress=None)
     io.atomic_torch_save({"format": "closerlook-resume/1", "spec_hash": "0" * 16}, out / "resume.pt")
     msgs = []
     train_run(spec, out, progress=msgs.append)
-    assert any("another spec" in m for m in msgs)
+    assert any("another spec" in m for m in msgs) and not any("already complete" in m for m in msgs)
     ref = tmp_path / "ref"
     train_run(spec, ref, progress=None)
-    a, b = io.load_checkpoint(ref / "final.pt")["model"], io.load_checkpoint(out / "final.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for f in ("final.pt", "epoch1.pt", "iter0.pt"):
+        a, b = io.load_checkpoint(ref / f)["model"], io.load_checkpoint(out / f)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), f

@@ -670,6 +670,16 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
         return wall0 + time.perf_counter() - t_start
 
     if not resumed:
+        # A fresh start: anything under our output names is stale (another spec, or a run killed
+        # before its first resume save, which would write the same bytes again). Remove it so that
+        # the "never rewrite an existing checkpoint" rule below cannot keep a stale file.
+        stale = [out / f"epoch{e}.pt" for e in ck_epochs] + [out / f"iter{i}.pt" for i in ck_iters]
+        stale += [out / "final.pt", out / "metrics.csv", out / "status.json"]
+        removed = [p.name for p in stale if p.exists()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if removed:
+            say(f"fresh start: removed stale outputs {', '.join(removed)}")
         if 0 in ck_iters:
             ckpt(out / "iter0.pt", 0)
         if 0 in ck_epochs:
