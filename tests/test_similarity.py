@@ -309,3 +309,27 @@ def test_similarity_matrix_and_table():
         S.measure("nope", x, y)
     with pytest.raises(ValueError, match="dft_cca"):
         S.cca_coefficients(np.zeros((10, 2, 3, 3)), x[:10])
+
+
+def test_device_tensor_paths_on_cpu(monkeypatch):
+    """The torch (CUDA) code paths, exercised with CPU tensors by keeping tensors as tensors."""
+    x, y = _correlated(n=1200, nx=12, ny=9)
+    ref_c = S.cca_coefficients(x, y)
+    ref_k = S.linear_cka(x, y)
+    rng = np.random.default_rng(0)
+    xi = rng.standard_normal((200, 3, 6, 6))
+    yi = np.roll(xi, 2, axis=3) @ np.eye(6)
+    ref_d = S.dft_cca(xi, yi)
+    monkeypatch.setattr(S, "_prep", lambda a: a.detach() if S._is_torch(a) else np.asarray(a))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    np.testing.assert_allclose(S.cca_coefficients(tx.float(), ty.float()), ref_c, atol=1e-5)
+    np.testing.assert_allclose(S.cca_coefficients(tx, ty), ref_c, atol=1e-10)
+    np.testing.assert_allclose(S.cca_coefficients(tx, ty, products="float32"), ref_c, atol=1e-5)
+    assert abs(S.linear_cka(tx, ty) - ref_k) < 1e-10
+    acc = S.CovarianceAccumulator()
+    for s in range(0, 1200, 500):
+        acc.update(tx[s:s + 500], ty[s:s + 500])
+    np.testing.assert_allclose(acc.cca_coefficients(), ref_c, atol=1e-10)
+    rd = S.dft_cca(torch.from_numpy(xi), torch.from_numpy(yi), batch_size=64)
+    np.testing.assert_allclose(rd.coefs, ref_d.coefs, atol=1e-10)
+    assert S.chance_baseline("linear_cka", tx, ty) < 0.2
