@@ -293,8 +293,8 @@ def test_torchvision_resnet18_unmodified():
     curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
     w0 = curve.weights_at(0.0)
     assert all(torch.equal(w0[k], a[k]) for k in a)
-    x, y = synth_data(12, seed=7, size=32, channels=3)
-    loader = TensorLoader(x, y, 6)
+    x, y = synth_data(8, seed=7, size=16, channels=3)
+    loader = TensorLoader(x, y, 4)
     df = C.evaluate_path(curve, loader, loader, ts=[0.0, 0.5, 1.0])
     assert df[["train_loss", "test_loss", "train_acc"]].notna().all().all()
     assert np.isfinite(df["train_loss"]).all()
@@ -390,6 +390,7 @@ def test_fit_curve_trains_bends_only_and_resumes_exactly(tmp_path):
     df3 = C.fit_curve(c3, TensorLoader(x, y, 10, shuffle=True), epochs=3, lr=0.05, seed=3,
                       out_dir=tmp_path / "b", t_per_batch=2, resume_every=4)
     assert torch.equal(c3.bends.detach(), curve.bends.detach())
+    assert not (tmp_path / "b" / "resume.pt").exists()
     assert df3["train_loss"].tolist() == pytest.approx(df["train_loss"].tolist(), rel=1e-6)
     # the saved curve reloads onto a fresh module and gives the same points
     ck = load_checkpoint(tmp_path / "b" / "curve.pt")
@@ -448,3 +449,54 @@ def test_cli_diverged_endpoint_writes_nan_tables(tmp_path):
     assert C.main(["plane", "--w1", str(ok), "--w2", str(bad), "--bend", str(ok), "--out-dir", str(tmp_path / "pl"),
                    "--data", "fashion_mnist", "--quiet"]) == 0
     assert (pd.read_csv(tmp_path / "pl" / "points.csv")["status"] == "diverged").all()
+
+
+# --------------------------------------------------------------------------- CLI end to end (real data, tiny)
+
+
+def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
+    from closerlook.models import build_model
+
+    spec = {"name": "small_cnn", "batch_norm": True, "width": 0.25}
+    data = {"name": "fashion_mnist", "in_channels": 1, "num_classes": 10, "image_size": 28}
+    paths = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        m = build_model(spec, 1, 10, 28)
+        p = tmp_path / f"epoch{seed + 1}.pt"
+        save_checkpoint(p, m.state_dict(), {"run": "r", "seed": seed, "epoch": seed + 1, "iteration": 0,
+                                            "status": "ok", "model": spec, "data": data})
+        paths.append(str(p))
+    dargs = ["--data", "fashion_mnist", "--root", str(fmnist_dir), "--cache-dir", str(data_cache),
+             "--train-per-class", "6", "--test-per-class", "3", "--eval-batch-size", "30", "--quiet"]
+    fit_dir = tmp_path / "fit"
+    argv = ["fit", "--start", paths[0], "--end", paths[1], "--out", str(fit_dir), "--epochs", "2",
+            "--batch-size", "20", "--lr", "0.01", "--no-augment", "--seed", "0", *dargs]
+    assert C.main(argv) == 0
+    ck = load_checkpoint(fit_dir / "curve.pt")
+    assert ck["meta"]["curve"] == {"kind": "bezier", "num_bends": 3} and ck["meta"]["model"] == spec
+    assert len(pd.read_csv(fit_dir / "metrics.csv")) == 2
+    assert not (fit_dir / "resume.pt").exists()
+    mtime = (fit_dir / "curve.pt").stat().st_mtime_ns
+    assert C.main(argv) == 0  # finished: nothing redone
+    assert (fit_dir / "curve.pt").stat().st_mtime_ns == mtime
+    for label, extra in (("curve", ["--curve", str(fit_dir / "curve.pt")]), ("line", [])):
+        out = tmp_path / f"{label}.csv"
+        assert C.main(["evaluate", "--start", paths[0], "--end", paths[1], "--out", str(out), "--points", "3",
+                       "--eval-train-images", "30", *extra, *dargs]) == 0
+        df = pd.read_csv(out)
+        assert list(df.columns) == C.PATH_COLUMNS and len(df) == 3 and (df["path"] == label).all()
+        assert df[["train_loss", "test_loss"]].notna().all().all() and (df["status"] == "ok").all()
+    c_df, l_df = pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "line.csv")
+    assert c_df.loc[0, "train_loss"] == pytest.approx(l_df.loc[0, "train_loss"], rel=1e-6)
+    # a curve checkpoint with the wrong endpoints is refused
+    assert C.main(["evaluate", "--start", paths[0], "--end", paths[2], "--out", str(tmp_path / "x.csv"),
+                   "--curve", str(fit_dir / "curve.pt"), *dargs]) == 2
+    pl = tmp_path / "plane"
+    assert C.main(["plane", "--w1", paths[0], "--w2", paths[1], "--bend", str(fit_dir / "curve.pt"),
+                   "--project", paths[2], "--out-dir", str(pl), "--grid-points", "3", "2", "--margin", "0.2",
+                   "--eval-train-images", "30", "--bn-batches", "1", *dargs]) == 0
+    grid, pts = pd.read_csv(pl / "grid.csv"), pd.read_csv(pl / "points.csv")
+    assert list(grid.columns) == C.GRID_COLUMNS and len(grid) == 6
+    assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch3"]
+    assert (pts["distance"][:3] < 1e-6).all() and pts.loc[3, "distance"] > 0

@@ -412,8 +412,9 @@ def evaluate_path(path: Curve, train_loader_eval: Any, test_loader_eval: Any = N
     for t in _ts(ts):
         state = path.weights_at(t)
         m = _point_metrics(path.module, state, train_loader_eval, test_loader_eval, bn_loader, bn_batches, device)
-        finite = all(math.isfinite(v) for k, v in m.items() if k.endswith("loss") and v == v)
-        rows.append({"t": t, **m, "path": path.path_label, "status": "ok" if finite else "diverged"})
+        # a non-finite training loss at a point means the weights there are unusable
+        status = "ok" if math.isfinite(m["train_loss"]) else "diverged"
+        rows.append({"t": t, **m, "path": path.path_label, "status": status})
         if log:
             log(f"t={t:.3f} train_loss={m['train_loss']:.4f} train_acc={m['train_acc']:.4f} "
                 f"test_loss={m['test_loss']:.4f} test_acc={m['test_acc']:.4f}")
@@ -610,6 +611,7 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     if out is not None:
         save_curve(out / "curve.pt", epoch)
         _write_csv(df, out / "metrics.csv")
+        (out / "resume.pt").unlink(missing_ok=True)  # the final outputs exist: never needed again
     return df
 
 
@@ -803,25 +805,16 @@ def _data_spec(args) -> dict:
     return data
 
 
-def _subset(images, labels, per_class, seed):
-    if per_class is None:
-        return images, labels
-    from .data import stratified_subset  # type: ignore
-
-    idx = stratified_subset(labels, int(per_class), int(seed))
-    return images[idx], labels[idx]
-
-
 def _loaders(data: dict, device, batch_size: int, augment: bool, eval_batch_size: int, seed: int,
              eval_train_limit: int | None = None):
-    """(fit loader (shuffled, maybe augmented), unaugmented train loader, test loader)."""
-    from .data import DeviceLoader, load_split  # type: ignore
+    """(fit loader (shuffled, maybe augmented), unaugmented train loader, test loader).
 
-    xtr, ytr, info = load_split(data["name"], "train", root=data.get("root"), cache_dir=data.get("cache_dir"))
-    xte, yte, _ = load_split(data["name"], "test", root=data.get("root"), cache_dir=data.get("cache_dir"))
-    sseed = data.get("subset_seed", 0) or 0
-    xtr, ytr = _subset(xtr, ytr, data.get("train_per_class"), sseed)
-    xte, yte = _subset(xte, yte, data.get("test_per_class"), sseed)
+    The subsets are those of the training runs (``data.load_subsets``); the
+    unaugmented train loader holds the first ``eval_train_limit`` subset images.
+    """
+    from .data import DeviceLoader, load_subsets  # type: ignore
+
+    xtr, ytr, xte, yte, info = load_subsets(data)
     kw = dict(mean=info["mean"], std=info["std"], device=device)
     fit = DeviceLoader(xtr, ytr, batch_size, augment=augment, shuffle=True, seed=seed, drop_last=False, **kw)
     if eval_train_limit:
@@ -889,6 +882,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--checkpoint-epochs", type=int, nargs="*", default=[])
+    f.add_argument("--resume-every", type=int, default=200, help="iterations between resume states (and epoch ends)")
     _common_args(f)
     e = sub.add_parser("evaluate", help="evaluate a fitted curve or the straight line")
     e.add_argument("--start", required=True)
@@ -961,7 +955,8 @@ def _main(args, log) -> int:
                         "augment": augment, "data": data}}
         fit_curve(curve, fit_loader, epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd,
                   t_per_batch=args.t_per_batch, schedule=args.schedule, out_dir=out, resume=not args.no_resume,
-                  seed=args.seed, checkpoint_epochs=args.checkpoint_epochs, meta=meta, log=log)
+                  seed=args.seed, checkpoint_epochs=args.checkpoint_epochs, meta=meta, log=log,
+                  resume_every=args.resume_every)
         return 0
     if args.cmd == "evaluate":
         a, b = _load_endpoint(args.start), _load_endpoint(args.end)
