@@ -955,3 +955,54 @@ def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
                       if chance else float("nan"))
             rows.append({"layer": name, "layer_index": idx, "measure": m, "value": float(value), "chance": ch})
     return rows
+
+
+_SPATIAL_MEASURES = ("dft_cca_mean98",)
+
+
+def compare_stores(store_a: str, store_b: str, out_csv: str, settings: Mapping[str, Any], *,
+                   labels: tuple[str, str] = ("a", "b")) -> list[dict]:
+    """The similarity table between two activation stores, written as CSV.
+
+    ``settings``: ``{"measures": [...], "chance": bool}``. Layers both stores
+    share are compared in ``store_a``'s order (layer i against layer i).
+    Conv activations kept in full ``(N, C, H, W)`` go as they are to the
+    spatial measures (DFT-CCA) and spatially averaged to the others. A store
+    from a diverged checkpoint gives rows with NaN values and
+    ``status = "diverged"``.
+    """
+    import pandas as pd
+
+    from .activations import load_store
+    from .io import atomic_path
+
+    measures = list(settings.get("measures", ["cca_mean98"]))
+    chance = bool(settings.get("chance", True))
+    acts_a, meta_a = load_store(store_a)
+    acts_b, meta_b = load_store(store_b)
+    if "diverged" in (meta_a.get("status"), meta_b.get("status")):
+        rows = [{"layer": "", "layer_index": -1, "measure": m, "value": float("nan"), "chance": float("nan"),
+                 "status": "diverged"} for m in measures]
+    else:
+        layers = [k for k in acts_a if k in acts_b]
+        spatial = [m for m in measures if m in _SPATIAL_MEASURES]
+        flat = [m for m in measures if m not in _SPATIAL_MEASURES]
+
+        def pooled(acts):
+            return {k: (np.asarray(v, dtype=np.float64).mean(axis=(2, 3)) if np.ndim(v) == 4 else v)
+                    for k, v in acts.items() if k in layers}
+
+        rows = []
+        if flat:
+            rows += layer_table(pooled(acts_a), pooled(acts_b), flat, layers=layers, chance=chance)
+        if spatial:
+            rows += layer_table(acts_a, acts_b, spatial, layers=layers, chance=chance)
+        for r in rows:
+            r["status"] = "ok"
+    for r in rows:
+        r["a"], r["b"] = labels
+    df = pd.DataFrame(rows, columns=["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"])
+    df = df.sort_values(["layer_index", "measure"], kind="stable")
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    return rows
