@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -100,3 +102,60 @@ def test_line_barrier_and_fitted_curve(fmnist_dir, data_cache):
     assert curve_peak < 0.25, msg        # the fitted curve's maximum is close to the endpoints' (~ +0.1)
     assert curve_peak < 0.2 * line_peak, msg
     assert curve_df["test_acc"].min() > 0.7, msg
+
+
+def test_sigkilled_fit_restarts_to_the_same_curve(tmp_path, fmnist_dir, data_cache):
+    """A real SIGKILL of `python -m closerlook.curves fit` mid-run; the rerun resumes and matches bitwise."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from closerlook.io import load_checkpoint, save_checkpoint
+    from closerlook.models import build_model
+
+    spec = {"name": "small_cnn", "batch_norm": True, "width": 0.25}
+    data = {"name": "fashion_mnist", "in_channels": 1, "num_classes": 10, "image_size": 28}
+    ends = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        p = tmp_path / f"s{seed}.pt"
+        save_checkpoint(p, build_model(spec, 1, 10, 28).state_dict(),
+                        {"run": "r", "seed": seed, "epoch": 1, "iteration": 0, "status": "ok", "model": spec,
+                         "data": data})
+        ends.append(str(p))
+
+    def argv(out):
+        return ["fit", "--start", ends[0], "--end", ends[1], "--out", str(out), "--epochs", "3", "--batch-size", "10",
+                "--lr", "0.02", "--augment", "--seed", "5", "--resume-every", "3", "--threads", "1",
+                "--data", "fashion_mnist", "--root", str(fmnist_dir), "--cache-dir", str(data_cache),
+                "--train-per-class", "20", "--device", "cpu", "--quiet"]
+
+    assert C.main(argv(tmp_path / "ref")) == 0  # uninterrupted (also fills the data cache)
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(Path(C.__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "closerlook.curves", *argv(killed)], env=env)
+    deadline = time.time() + 120
+    state = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (killed / "resume.pt").exists():
+                state = torch.load(killed / "resume.pt", weights_only=True)
+                if state["epoch"] >= 1 or state["batch"] >= 6:  # well inside the run
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the fit finished before it could be killed; make it longer"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "curve.pt").exists() and (killed / "resume.pt").exists()
+    assert C.main(argv(killed)) == 0
+    a = load_checkpoint(tmp_path / "ref" / "curve.pt")["model"]
+    b = load_checkpoint(killed / "curve.pt")["model"]
+    assert torch.equal(a["bends"], b["bends"])
+    ma = pd.read_csv(tmp_path / "ref" / "metrics.csv")
+    mb = pd.read_csv(killed / "metrics.csv")
+    assert ma["train_loss"].tolist() == pytest.approx(mb["train_loss"].tolist(), rel=1e-9)
