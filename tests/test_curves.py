@@ -398,8 +398,13 @@ def test_fit_curve_trains_bends_only_and_resumes_exactly(tmp_path):
     c4 = C.load_curve(tmp_path / "b" / "curve.pt", small_net(bn=True))
     assert torch.equal(c4.flat_params_at(0.4), c3.flat_params_at(0.4))
     # finished: a rerun does nothing and returns the metrics
-    df5 = C.fit_curve(c2, TensorLoader(x, y, 10), epochs=3, lr=0.05, seed=3, out_dir=tmp_path / "b")
+    df5 = C.fit_curve(c2, TensorLoader(x, y, 10), epochs=3, lr=0.05, seed=3, out_dir=tmp_path / "b",
+                      t_per_batch=2)
     assert len(df5) == 3 and torch.equal(c2.bends.detach(), curve.bends.detach())
+    # other settings: neither the finished curve nor a stale resume state is reused
+    c6, _, _ = _fit_setup()
+    df6 = C.fit_curve(c6, TensorLoader(x, y, 10), epochs=2, lr=0.05, seed=3, out_dir=tmp_path / "b")
+    assert len(df6) == 2 and load_checkpoint(tmp_path / "b" / "curve.pt")["meta"]["fit_key"]["epochs"] == 2
 
 
 def test_fit_lowers_loss_along_curve():

@@ -506,14 +506,24 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     base_meta = dict(meta or {})
     base_meta.setdefault("curve", {"kind": curve.kind, "num_bends": curve.num_bends})
     base_meta.setdefault("seed", seed)
+    # what a resume state / a finished fit must match to be reused
+    fit_key = {"kind": curve.kind, "num_bends": curve.num_bends, "epochs": int(epochs), "lr": float(lr),
+               "momentum": float(momentum), "wd": float(wd), "t_per_batch": int(t_per_batch),
+               "schedule": schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "callable"),
+               "seed": int(seed), "batches_per_epoch": _loader_len(loader),
+               "start_sum": float(curve.start_params.double().sum()), "end_sum": float(curve.end_params.double().sum())}
+    base_meta["fit_key"] = fit_key
 
     if out is not None and resume and (out / "curve.pt").exists() and (out / "metrics.csv").exists():
         ck = load_checkpoint(out / "curve.pt", map_location=dev)
-        if ck["model"] is not None:
-            curve.load_state_dict(ck["model"])
+        if ck["meta"].get("fit_key") == fit_key:
+            if ck["model"] is not None:
+                curve.load_state_dict(ck["model"])
+            if log:
+                log(f"{out}: final curve exists, nothing to do")
+            return pd.read_csv(out / "metrics.csv")
         if log:
-            log(f"{out}: final curve exists, nothing to do")
-        return pd.read_csv(out / "metrics.csv")
+            log(f"{out}: the existing curve.pt was fitted with other settings; fitting again")
 
     opt = torch.optim.SGD([curve.bends], lr=lr, momentum=momentum, weight_decay=0.0)
     gen = torch.Generator().manual_seed(int(seed))
@@ -522,8 +532,14 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     epoch, batch, iteration = 0, 0, 0
     acc = {"loss": 0.0, "reg": 0.0, "correct": 0, "n": 0, "wall": 0.0}
     status = "ok"
+    st = None
     if out is not None and resume and (out / "resume.pt").exists():
         st = safe_torch_load(out / "resume.pt", map_location="cpu")
+        if st.get("fit_key") != json.dumps(fit_key, sort_keys=True):
+            if log:
+                log(f"{out / 'resume.pt'}: from a fit with other settings; ignored (starting afresh)")
+            st = None
+    if st is not None:
         curve.load_state_dict({k: v.to(dev) for k, v in st["curve"].items()})
         opt.load_state_dict(st["optimizer"])
         _set_rng_state(st["rng"], gen)
@@ -540,7 +556,7 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         atomic_torch_save({"curve": {k: v.detach().cpu() for k, v in curve.state_dict().items()},
                            "optimizer": opt.state_dict(), "rng": _rng_state(gen), "epoch": epoch,
                            "batch": batch, "iteration": iteration, "acc": acc, "rows": json.dumps(rows),
-                           "status": status}, out / "resume.pt")
+                           "status": status, "fit_key": json.dumps(fit_key, sort_keys=True)}, out / "resume.pt")
 
     def save_curve(path: Path, ep: int):
         m = {**base_meta, "epoch": ep, "iteration": iteration, "status": status}
