@@ -8,6 +8,13 @@ auto-covariance, matrix square roots by ``eigh``, SVD of the whitened cross
 covariance.  Ours: exact means, the two symmetric products (BLAS syrk) and one
 cross product, symmetric eigen-whitening with a rank tolerance, SVD.
 
+Note on the ceiling: numpy's ``np.cov`` computes ``dot(X, X.T)`` and numpy
+routes that to BLAS ``syrk`` (it detects the transposed operand), so the
+reference already does (nx+ny)²/2 multiply-adds per datapoint, exactly what
+syrk(X) + syrk(Y) + gemm(X, Y) costs.  In float64 the speed-up therefore
+comes only from memory passes and the small solves (about 1.3-1.6x); float32
+products halve the product time.
+
 Usage: ``python -m bench.similarity_bench [--quick] [--no-stream] [--stream-neurons 4096]``.
 ``run()`` returns a flat dict.  Both sides run in this one process under the
 same BLAS environment (reported as ``env``); nothing is changed in it.
