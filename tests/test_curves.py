@@ -170,6 +170,7 @@ def test_coefficients_sum_to_one_and_line():
     ln = C.line(net, a, b)
     assert ln.kind == "line" and ln.path_label == "line" and ln.num_bends == 2
     assert len(list(ln.parameters())) == 1 and ln.bends.numel() == 0
+    assert torch.equal(C.line(a, b, net).flat_params_at(0.3), ln.flat_params_at(0.3))
     la, lb = C.flat_parameters(net, a), C.flat_parameters(net, b)
     assert torch.allclose(ln.flat_params_at(0.4).double(), 0.6 * la + 0.4 * lb, atol=1e-6)
     # a Bezier with bends left on the line is the line

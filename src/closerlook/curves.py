@@ -276,8 +276,15 @@ class Curve(nn.Module):
         return functional_call(self.module, self.weights_at(t), (x,))
 
 
-def line(module: nn.Module, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> Curve:
-    """The straight path (1 - t) start + t end, with the :class:`Curve` interface (kind "line")."""
+def line(module: Any, start: Any, end: Any) -> Curve:
+    """The straight path (1 - t) start + t end, with the :class:`Curve` interface (kind "line").
+
+    ``line(module, start, end)``; the order ``line(start, end, module)`` is accepted too.
+    """
+    if not isinstance(module, nn.Module) and isinstance(end, nn.Module):
+        module, start, end = end, module, start
+    if not isinstance(module, nn.Module):
+        raise TypeError("line(module, start, end): a module is needed to evaluate the path")
     return Curve(module, start, end, kind="line")
 
 
