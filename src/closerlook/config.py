@@ -489,6 +489,7 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
             "metrics": {label: _run_metrics(cfg, run) for label, run in runs.items()},
             "specs": {label: _spec_for_figure(cfg, run) for label, run in runs.items()},
             "similarity": sims,
+            "measure": f.get("measure", "cca_mean"),
         }
     return layout, sorted(set(_flatten(layout)))
 
