@@ -177,11 +177,11 @@ def test_outputs_metrics_and_determinism(spec, tmp_path):
 
 
 def test_divergence_is_recorded_cleanly(spec, tmp_path, capsys):
-    s = dict(spec, epochs=3, optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.9},
-             checkpoints={"epochs": [1, 3], "iterations": [0, 25]})
+    s = dict(spec, epochs=3, checkpoints={"epochs": [1, 3], "iterations": [0, 25]})
     spec_file = tmp_path / "run.json"
     spec_file.write_text(json.dumps(s))
-    assert main(["--spec", str(spec_file), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    # the CLI override is what makes it diverge (lr 0.05 in the file)
+    assert main(["--spec", str(spec_file), "--out", str(tmp_path / "o"), "--quiet", "--set", "optimizer.lr=1e12"]) == 0
     out = tmp_path / "o"
     st = json.loads((out / "status.json").read_text())
     assert st["status"] == "diverged" and st["diverged_at_iteration"] < 25
@@ -244,3 +244,6 @@ def test_validate_run_spec_accepts_and_completes(spec):
     full = validate_run_spec(dict(spec, checkpoints={"epochs": [0, 1], "iterations": [10]}))
     assert full["resume_every"] == 50 and full["warmup"]["iterations"] == 0
     assert full["optimizer"]["nesterov"] is False
+    # yaml.safe_load reads "1e-3" as a string (YAML 1.1): accepted as the number it means
+    adam = validate_run_spec(dict(spec, optimizer={"name": "adam", "lr": "1e-3"}))
+    assert adam["optimizer"]["lr"] == 0.001 and adam["optimizer"]["eps"] == 1e-8

@@ -150,6 +150,7 @@ def validate_run_spec(spec: Mapping) -> dict:
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown run-spec key (allowed: {', '.join(sorted(DEFAULTS))})")
     s = _merge(DEFAULTS, spec)
+    _coerce_numbers(s)
     for key in ("data", "model", "optimizer"):
         if not isinstance(s[key], Mapping):
             raise ConfigError(f"{key}: must be a mapping, got {s[key]!r}")
@@ -308,6 +309,26 @@ def validate_run_spec(spec: Mapping) -> dict:
     return s
 
 
+_FLOAT_KEYS = {"optimizer": ("lr", "momentum", "weight_decay", "eps", "dampening"),
+               "schedule": ("lr_min", "gamma", "final_factor", "T0", "Tmult"),
+               "warmup": ("start_factor",), "distill": ("temperature", "alpha")}
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _coerce_numbers(s: dict) -> None:
+    """YAML 1.1 (yaml.safe_load) reads ``1e-3`` as a string: turn such strings into floats."""
+    for sect, keys in _FLOAT_KEYS.items():
+        d = s.get(sect)
+        if isinstance(d, dict):
+            for k in keys:
+                v = d.get(k)
+                if isinstance(v, str) and _FLOAT_RE.match(v.strip()):
+                    d[k] = float(v)
+    o = s.get("optimizer")
+    if isinstance(o, dict) and isinstance(o.get("betas"), (list, tuple)):
+        o["betas"] = [float(b) if isinstance(b, str) and _FLOAT_RE.match(b.strip()) else b for b in o["betas"]]
+
+
 def _check_iterations(iterations, total: int) -> None:
     for i in iterations:
         if i > total:
@@ -447,6 +468,35 @@ def evaluate(model: nn.Module, loader, *, autocast=None, forward=None) -> tuple[
     model.train(was_training)
     n = max(n, 1)
     return float(loss_sum) / n, float(correct) / n
+
+
+class _CompiledOrEager:
+    """``torch.compile(model)``, falling back to the eager model if compiling fails on first use."""
+
+    def __init__(self, model: nn.Module, say: Callable[[str], Any]) -> None:
+        self.model, self.say, self.ok = model, say, None
+        try:
+            self.fn = torch.compile(model)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.ok = False
+        self.say(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                 "running eagerly")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ok is False:
+            return self.model(x)
+        if self.ok:
+            return self.fn(x)
+        try:
+            out = self.fn(x)
+        except Exception as exc:  # no C++ toolchain, unsupported op, ...
+            self._fail(exc)
+            return self.model(x)
+        self.ok = True
+        return out
 
 
 def spec_hash(spec: Mapping) -> str:
@@ -594,12 +644,7 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
     model = models.build_model(s["model"], info["in_channels"], info["num_classes"], info["image_size"]).to(device)
     if s["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    forward = model
-    if s["compile"]:
-        try:
-            forward = torch.compile(model)
-        except Exception as exc:  # no compiler toolchain: run eagerly
-            say(f"compile: torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly")
+    forward = _CompiledOrEager(model, say) if s["compile"] else model
     frozen_names = resolve_freeze(model, s["freeze"]["groups"]) if s["freeze"] else []
     freeze_until = s["freeze"]["iterations"] if s["freeze"] else 0
     pmap = dict(model.named_parameters())
