@@ -500,9 +500,28 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
                    "--curve", str(fit_dir / "curve.pt"), *dargs]) == 2
     pl = tmp_path / "plane"
     assert C.main(["plane", "--w1", paths[0], "--w2", paths[1], "--bend", str(fit_dir / "curve.pt"),
-                   "--project", paths[2], "--out-dir", str(pl), "--grid-points", "3", "2", "--margin", "0.2",
+                   "--project", paths[2], "--labels", "epoch3", "--out-dir", str(pl), "--grid-points", "3", "2", "--margin", "0.2",
                    "--eval-train-images", "30", "--bn-batches", "1", *dargs]) == 0
     grid, pts = pd.read_csv(pl / "grid.csv"), pd.read_csv(pl / "points.csv")
     assert list(grid.columns) == C.GRID_COLUMNS and len(grid) == 6
     assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch3"]
     assert (pts["distance"][:3] < 1e-6).all() and pts.loc[3, "distance"] > 0
+
+
+def test_cli_data_spec_file(tmp_path):
+    import argparse
+
+    f = tmp_path / "run.yaml"
+    f.write_text("name: x\ndata: {name: fashion_mnist, train_per_class: 100, subset_seed: 3}\nbatch_size: 50\n")
+    ns = argparse.Namespace(spec=str(f), data=None, root="/r", cache_dir=None, train_per_class=None,
+                            test_per_class=20, subset_seed=None)
+    d = C._data_spec(ns)
+    assert d == {"name": "fashion_mnist", "train_per_class": 100, "subset_seed": 3, "root": "/r",
+                 "test_per_class": 20}
+    g = tmp_path / "data.json"
+    g.write_text('{"name": "cifar10", "train_per_class": 5}')
+    ns.spec, ns.root, ns.test_per_class = str(g), None, None
+    assert C._data_spec(ns) == {"name": "cifar10", "train_per_class": 5}
+    ns.spec = str(tmp_path / "missing.yaml")
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C._data_spec(ns)

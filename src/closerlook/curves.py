@@ -820,9 +820,6 @@ def _data_spec(args) -> dict:
                      ("subset_seed", args.subset_seed)):
         if val is not None:
             data[key] = val
-    for key in ("batch_size", "augment"):
-        if key in spec and key not in data:
-            data[key] = spec[key]
     if "name" not in data:
         raise ConfigError("data: no data set name (give --data or a --spec file with data.name)")
     return data
@@ -919,6 +916,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--w2", required=True)
     p.add_argument("--bend", required=True, help="curve.pt (its first bend) or a model checkpoint")
     p.add_argument("--project", nargs="*", default=[], help="checkpoints to project (label = file stem)")
+    p.add_argument("--labels", nargs="*", default=None, help="labels of the --project checkpoints (default: file stems)")
     p.add_argument("--out-dir", required=True, help="writes grid.csv and points.csv")
     p.add_argument("--grid-points", type=int, nargs="+", default=[21])
     p.add_argument("--margin", type=float, nargs="+", default=[0.2])
@@ -969,7 +967,7 @@ def _main(args, log) -> int:
         module = _build_module(a["meta"], args.start, device)
         curve = Curve(module, a["model"], b["model"], kind=args.kind, num_bends=args.num_bends).to(device)
         data = _data_spec(args)
-        augment = args.augment if args.augment is not None else bool(data.get("augment", False))
+        augment = args.augment if args.augment is not None else bool(_load_spec_file(args.spec).get("augment", False))
         fit_loader, _, _ = _loaders(data, device, args.batch_size, augment, args.eval_batch_size, args.seed)
         meta = {"run": f"curve:{Path(args.start).stem}-{Path(args.end).stem}", "model": a["meta"].get("model"),
                 "data": a["meta"].get("data"), "start": str(args.start), "end": str(args.end),
@@ -1008,10 +1006,15 @@ def _main(args, log) -> int:
     if args.cmd == "plane":
         out = Path(args.out_dir)
         a, b = _load_endpoint(args.w1), _load_endpoint(args.w2)
-        labels = ["w1", "w2", "bend"] + [Path(p).stem for p in args.project]
+        plabels = [Path(p).stem for p in args.project] if args.labels is None else list(args.labels)
+        if len(plabels) != len(args.project):
+            raise ConfigError(f"--labels: {len(plabels)} labels for {len(args.project)} --project checkpoints")
+        if len(set(plabels)) != len(plabels) or set(plabels) & {"w1", "w2", "bend"}:
+            raise ConfigError(f"--labels: labels of projected checkpoints must be unique and not w1/w2/bend: {plabels}")
+        labels = ["w1", "w2", "bend"] + plabels
         bend_ck = load_checkpoint(args.bend)
         bmeta = bend_ck.get("meta") or {}
-        projected = {Path(p).stem: _load_endpoint(p) for p in args.project}
+        projected = {lab: _load_endpoint(p) for lab, p in zip(plabels, args.project)}
         if (a["diverged"] or b["diverged"] or bend_ck["model"] is None or bmeta.get("status") == "diverged"
                 or any(v["diverged"] for v in projected.values())):
             _write_diverged_plane(out, labels)
