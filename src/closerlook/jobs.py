@@ -109,7 +109,11 @@ def job(smk, *, stage: str) -> Iterator[dict]:
 
         torch.set_num_threads(threads)
         device = job_device(gpu)
-        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {stage}: start (device {device}, threads {threads}, pid {os.getpid()})", flush=True)
+        # which GPU the scheduler gave this job (SLURM sets CUDA_VISIBLE_DEVICES from its gres)
+        cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        slurm = f", SLURM_JOB_ID={os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {stage}: start (device {device}, threads {threads}, pid {os.getpid()}, "
+              f"CUDA_VISIBLE_DEVICES={cvd}{slurm})", flush=True)
         yield {"device": device, "threads": threads}
         print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {stage}: done", flush=True)
     except BaseException as exc:
