@@ -91,9 +91,34 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid (safe) YAML: {exc}") from exc
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys.
+
+    Plain ``yaml.safe_load`` keeps the last of two equal keys silently, so a
+    second run with the same name would replace the first without a word.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (line {key_node.start_mark.line + 1}; first given on line {first})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path) -> dict:
@@ -123,11 +148,11 @@ def validate_schema(cfg: dict) -> None:
     err = errors[0]
     # oneOf/anyOf failures: report the most specific sub-error.
     while err.context:
-        err = sorted(err.context, key=lambda e: -len(e.absolute_path))[0]
+        err = sorted(err.context, key=lambda e: (-len(e.absolute_path), e.validator == "type"))[0]  # the branch of the right type
     msg = err.message
     if err.validator == "additionalProperties":
         msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
-    elif err.validator == "pattern" and "propertyNames" not in err.schema_path:
+    elif err.validator == "pattern" and err.validator_value == NAME_RE.pattern and "propertyNames" not in err.schema_path:
         msg = f"{err.instance!r} is not a valid name (letters, digits, '_', '-', '.'; no spaces, quotes or ';')"
     if "propertyNames" in list(err.schema_path):
         msg = f"name {err.instance!r} is not allowed (use letters, digits, '_', '-', '.'; no spaces, quotes or ';')"
@@ -239,6 +264,9 @@ def pair_instances(cfg: dict, a: dict, b: dict, key: str, sides: tuple[str, str]
     One seed given: the other side takes the same seed.
     Both given: one instance, "seed<S>" if equal, else "s<A>-s<B>".
     """
+    for side, ep in zip(sides, (a, b)):
+        if ep["run"] not in cfg["runs"]:
+            raise ConfigError(f"config key {key}.{side}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")
     ta, tb = endpoint_tag(a, f"{key}.{sides[0]}"), endpoint_tag(b, f"{key}.{sides[1]}")
     sa, sb = a.get("seed"), b.get("seed")
     if sa is None and sb is None:

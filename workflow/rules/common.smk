@@ -9,6 +9,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from closerlook import config as C  # noqa: E402
 from closerlook.io import ConfigError  # noqa: E402
 
+# Snakemake's own YAML loading keeps the last of two equal keys (e.g. two runs
+# with one name) silently: re-read every config file with the strict loader.
+for _cf in workflow.configfiles:
+    try:
+        C.load_yaml(_cf)
+    except ConfigError as _exc:
+        raise ValueError(f"invalid configuration: {_exc}") from None
+
 validate(config, schema="../schemas/config.schema.yaml", set_default=False)
 try:
     C.validate_config(config)
