@@ -156,7 +156,10 @@ def capture(model: nn.Module, layers: Mapping[str, str] | Sequence[str] | None, 
 
     ``layers``: ``{display name: qualified module name}``, a list of
     qualified names, or ``None`` for ``models.analysis_layers(model)``.
-    The model is put in eval mode (and restored afterwards).
+    The hook records the module's output; a module called more than once
+    per forward pass (e.g. the shared ``relu`` inside a torchvision
+    ``BasicBlock``) keeps its LAST call's output, so name the block or a
+    module used once.  The model is put in eval mode (and restored).
     """
     parts: dict[str, list[np.ndarray]] = {}
     for _, batch in iter_batches(model, layers, images, batch_size=batch_size, mean=mean, std=std,
