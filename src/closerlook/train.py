@@ -424,7 +424,7 @@ def accumulate_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mic
     """
     import contextlib
 
-    forward = forward or model
+    forward = model if forward is None else forward
     loss_fn = loss_fn or (lambda s, t, yy: F.cross_entropy(_up(s), yy))
     n = x.shape[0]
     mb = n if not micro_batch_size or micro_batch_size >= n else int(micro_batch_size)
@@ -451,7 +451,7 @@ def evaluate(model: nn.Module, loader, *, autocast=None, forward=None) -> tuple[
     """Mean cross-entropy and accuracy over an (unaugmented) loader, in eval mode."""
     import contextlib
 
-    forward = forward or model
+    forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
