@@ -381,14 +381,17 @@ class SVCCAResult(NamedTuple):
 # --------------------------------------------------------------------------
 
 def _inv_sqrt(sigma: np.ndarray, rank_tol: float) -> np.ndarray:
-    """Symmetric (Hermitian) inverse square root, null space (eig <= tol*max) left out."""
-    w, v = np.linalg.eigh(sigma)
+    """Symmetric (Hermitian) inverse square root, null space (eig <= tol*max) left out.
+
+    ``sigma`` is overwritten (callers pass a temporary)."""
+    w, v = scipy.linalg.eigh(sigma, overwrite_a=True, check_finite=False, driver="evd")
     wmax = w[-1] if w.size else 0.0
     if not wmax > 0:
-        return np.zeros_like(sigma)
+        return np.zeros_like(v)
     keep = w > rank_tol * wmax
-    vk = v[:, keep]
-    return (vk * (1.0 / np.sqrt(w[keep]))) @ vk.conj().T
+    vk = v if keep.all() else v[:, keep]
+    vk *= w[keep] ** -0.25                    # in place: V W^-1/4, then (V W^-1/4)(V W^-1/4)^H
+    return vk @ vk.conj().T
 
 
 def _check_samples(n: int, nx: int, ny: int) -> None:
@@ -414,31 +417,29 @@ def _cca_solve(n: int, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
     nx0, ny0 = sxx.shape[0], syy.shape[0]
     if check:
         _check_samples(n, nx0, ny0)
-    cxx = sxx / (n - 1)
-    cyy = syy / (n - 1)
-    cxy = sxy / (n - 1)
-    xmax = np.max(np.abs(cxx)) if cxx.size else 0.0
-    ymax = np.max(np.abs(cyy)) if cyy.size else 0.0
+    # Google: covariance S/(n-1), each block divided by its largest |entry|
+    # (one fresh array per block; the scatter matrices are left untouched)
+    xmax = float(np.max(np.abs(sxx))) / (n - 1) if sxx.size else 0.0
+    ymax = float(np.max(np.abs(syy))) / (n - 1) if syy.size else 0.0
     if not (xmax > 0 and ymax > 0):       # a wholly constant layer: no correlation
         xi = np.ones(nx0, bool)
         yi = np.ones(ny0, bool)
         return {"coefs": np.zeros(min(nx0, ny0)), "x_idxs": xi, "y_idxs": yi, "degenerate": True}
-    cxx = cxx / xmax
-    cyy = cyy / ymax
-    cxy = cxy / math.sqrt(xmax * ymax)
-    xi = np.abs(np.diagonal(cxx)).real >= epsilon
-    yi = np.abs(np.diagonal(cyy)).real >= epsilon
-    cxx = cxx[np.ix_(xi, xi)]
-    cyy = cyy[np.ix_(yi, yi)]
-    cxy = cxy[np.ix_(xi, yi)]
+    xi = np.abs(np.diagonal(sxx)).real / ((n - 1) * xmax) >= epsilon
+    yi = np.abs(np.diagonal(syy)).real / ((n - 1) * ymax) >= epsilon
+    cxx = (sxx if xi.all() else sxx[np.ix_(xi, xi)]) * (1.0 / ((n - 1) * xmax))
+    cyy = (syy if yi.all() else syy[np.ix_(yi, yi)]) * (1.0 / ((n - 1) * ymax))
+    cxy = (sxy if xi.all() and yi.all() else sxy[np.ix_(xi, yi)]) * (1.0 / ((n - 1) * math.sqrt(xmax * ymax)))
     nx, ny = cxx.shape[0], cyy.shape[0]
     if nx == 0 or ny == 0:
         return {"coefs": np.zeros(0), "x_idxs": xi, "y_idxs": yi, "degenerate": True}
     if epsilon:
-        cxx = cxx + epsilon * np.eye(nx)
-        cyy = cyy + epsilon * np.eye(ny)
-    wx = _inv_sqrt(cxx, rank_tol)
+        cxx[np.diag_indices(nx)] += epsilon
+        cyy[np.diag_indices(ny)] += epsilon
+    wx = _inv_sqrt(cxx, rank_tol)         # overwrites cxx, cyy (temporaries)
+    del cxx
     wy = _inv_sqrt(cyy, rank_tol)
+    del cyy
     arr = wx @ cxy @ wy
     out = {"x_idxs": xi, "y_idxs": yi, "degenerate": False}
     if directions:
