@@ -451,7 +451,7 @@ def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
                 lo, hi = float(zpos.min()), float(zpos.max())
                 if hi <= lo * 1.0001:
                     hi = lo * 1.01
-                levels = np.geomspace(lo, hi, 18)
+                levels = np.geomspace(lo, hi, int(options.get("levels", 18)))
                 Zm = np.ma.masked_invalid(np.where(Z > 0, Z, np.nan))
                 cs = ax.contourf(U, V, Zm, levels=levels, norm=mcolors.LogNorm(lo, hi), cmap="viridis_r", extend="neither")
                 ax.contour(U, V, Zm, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
