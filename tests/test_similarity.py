@@ -333,3 +333,17 @@ def test_device_tensor_paths_on_cpu(monkeypatch):
     rd = S.dft_cca(torch.from_numpy(xi), torch.from_numpy(yi), batch_size=64)
     np.testing.assert_allclose(rd.coefs, ref_d.coefs, atol=1e-10)
     assert S.chance_baseline("linear_cka", tx, ty) < 0.2
+
+
+def test_one_pass_statistics_match_two_pass_on_drifting_data():
+    """The shifted one-pass scatter equals np.cov even when the data drift (sorted probe sets)."""
+    x, y = _correlated(n=9000, nx=7, ny=5)
+    x = x + np.linspace(0, 1e3, 9000)[:, None]          # strong drift along the datapoints
+    y = y - 5e2 * (np.arange(9000) >= 4500)[:, None]
+    acc = S.CovarianceAccumulator.from_arrays(x, y, chunk_size=1000)
+    cov = np.cov(x.T, y.T)
+    np.testing.assert_allclose(acc.sxx / (9000 - 1), cov[:7, :7], rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(acc.sxy / (9000 - 1), cov[:7, 7:], rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(acc.mean_x, x.mean(0), rtol=1e-13)
+    acc32 = S.CovarianceAccumulator.from_arrays(x, y, products="float32")
+    np.testing.assert_allclose(acc32.syy / (9000 - 1), cov[7:, 7:], rtol=1e-5)

@@ -10,7 +10,7 @@ Conventions
   centred scatter matrices ``Sxx = Xc^H Xc``, ``Syy``, ``Sxy = Xc^H Yc``.
   :class:`CovarianceAccumulator` holds them (float64 / complex128), either
   built in one go from arrays (:meth:`CovarianceAccumulator.from_arrays`,
-  exact means, chunked) or streamed over batches of datapoints
+  one chunked pass with a shifted-data correction) or streamed over batches of datapoints
   (:meth:`CovarianceAccumulator.update`, Chan et al. pairwise merging), so a
   (50,000 x 8,192) layer never has to be in memory at once.  The free
   functions below are thin wrappers over the accumulator, so the streaming
@@ -145,12 +145,20 @@ def _chunk_rows(n_cols: int, budget_bytes: int = 64 << 20) -> int:
     return max(256, budget_bytes // (8 * max(1, n_cols)))
 
 
-def _scatter_numpy(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray,
-                   products: str, chunk: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centred scatter matrices (given the means), accumulated over row chunks."""
+def _scatter_numpy(x: np.ndarray, y: np.ndarray, products: str, chunk: int | None):
+    """Means and centred scatter matrices in ONE pass over row chunks.
+
+    Each chunk is centred on a fixed shift ``s`` (the mean of <= 4096 rows
+    spread over the whole array, so ``s`` is close to the mean even for
+    sorted data), multiplied, and the column sums of the shifted chunk are
+    accumulated; finally ``mean = s + d`` and ``S = S_s - n d^H d`` with
+    ``d = sum / n``.  Since ``|d|`` is small against the spread, the
+    correction cancels nothing significant (a shifted-data algorithm), and
+    the float32 path multiplies exactly the centred values it sums.
+    """
     n, nx = x.shape
     ny = y.shape[1]
-    complex_ = np.iscomplexobj(x) or np.iscomplexobj(y) or np.iscomplexobj(mx) or np.iscomplexobj(my)
+    complex_ = np.iscomplexobj(x) or np.iscomplexobj(y)
     acc_dt = np.complex128 if complex_ else np.float64
     if products == "float64":
         work = acc_dt
@@ -160,9 +168,14 @@ def _scatter_numpy(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray,
     # growth), chunk products accumulated in float64.
     chunk = chunk or (_chunk_rows(nx + ny) if products == "float64" else min(4096, _chunk_rows(nx + ny)))
     chunk = min(chunk, n) if n else 1
+    step = max(1, n // 4096)
+    sx = np.asarray(x[::step].mean(axis=0, dtype=acc_dt))
+    sy = np.asarray(y[::step].mean(axis=0, dtype=acc_dt))
     sxx = np.zeros((nx, nx), acc_dt)
     syy = np.zeros((ny, ny), acc_dt)
     sxy = np.zeros((nx, ny), acc_dt)
+    tx = np.zeros(nx, acc_dt)
+    ty = np.zeros(ny, acc_dt)
     # column-major chunk buffers: the transposed products read contiguous neuron rows
     # (faster syrk/gemm here), and (neurons, datapoints) inputs (x = acts.T) copy in
     # without a transpose.
@@ -172,8 +185,10 @@ def _scatter_numpy(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray,
         stop = min(n, start + chunk)
         r = stop - start
         cx, cy = bx[:r], by[:r]
-        np.subtract(x[start:stop], mx, out=cx, casting="unsafe")
-        np.subtract(y[start:stop], my, out=cy, casting="unsafe")
+        np.subtract(x[start:stop], sx, out=cx, casting="unsafe")
+        np.subtract(y[start:stop], sy, out=cy, casting="unsafe")
+        tx += cx.sum(axis=0, dtype=acc_dt)
+        ty += cy.sum(axis=0, dtype=acc_dt)
         if complex_:
             sxx += cx.conj().T @ cx
             syy += cy.conj().T @ cy
@@ -182,7 +197,11 @@ def _scatter_numpy(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray,
             sxx += cx.T @ cx          # same buffer, transposed: BLAS syrk
             syy += cy.T @ cy
             sxy += cx.T @ cy
-    return sxx, syy, sxy
+    dx, dy = tx / n, ty / n
+    sxx -= n * np.outer(dx.conj(), dx)
+    syy -= n * np.outer(dy.conj(), dy)
+    sxy -= n * np.outer(dx.conj(), dy)
+    return sx + dx, sy + dy, sxx, syy, sxy
 
 
 def _scatter_torch(x, y, mx, my, products: str, chunk: int | None):
@@ -255,7 +274,8 @@ class CovarianceAccumulator:
     @classmethod
     def from_arrays(cls, x: Any, y: Any, products: str = "float64",
                     chunk_size: int | None = None) -> "CovarianceAccumulator":
-        """Exact two-pass statistics of in-memory (or memory-mapped) arrays."""
+        """Statistics of in-memory (or memory-mapped) arrays, one chunked pass
+        (numpy: shifted data, see ``_scatter_numpy``; CUDA tensors: exact means first)."""
         x = _as_2d(x, "x")
         y = _as_2d(y, "y")
         if x.shape[0] != y.shape[0]:
@@ -271,9 +291,11 @@ class CovarianceAccumulator:
             dev = x.device if _is_torch(x) else y.device
             x = torch.as_tensor(x, device=dev)
             y = torch.as_tensor(y, device=dev)
-        mx, my = _means(x), _means(y)
-        fn = _scatter_torch if torch_dev else _scatter_numpy
-        sxx, syy, sxy = fn(x, y, mx, my, self.products, self.chunk_size)
+        if torch_dev:
+            mx, my = _means(x), _means(y)
+            sxx, syy, sxy = _scatter_torch(x, y, mx, my, self.products, self.chunk_size)
+        else:
+            mx, my, sxx, syy, sxy = _scatter_numpy(x, y, self.products, self.chunk_size)
         return x.shape[0], mx, my, sxx, syy, sxy
 
     def _set(self, n, mx, my, sxx, syy, sxy):
