@@ -1,0 +1,214 @@
+"""GPU-hours of a study config on one GPU, stage by stage, computed from the config.
+
+Everything is counted in *training-epoch equivalents* (one epoch = one training pass over
+the training set: forward + backward + step on every image) and multiplied by the
+per-epoch GPU time of the model.  Per-epoch costs are inputs, not measurements of ours:
+by default the ANCHORS figures for a VGG-16 CIFAR-10 epoch on a modern GPU, about
+1-2 s with a tuned loop (data on the GPU, bf16, channels_last: what the engine does)
+and 5-15 s with a plain DataLoader loop.  Replace them with the H200 measurement of
+``bench/gpu_check.py`` (``--epoch-s tuned=LO,HI plain=LO,HI``) once it has run.
+
+Cost model (stated so it can be checked):
+
+- training: seeds x epochs per run; + test-set evaluation every ``eval_every`` epochs
+  (forward only = 1/3 of a training image); distillation adds a teacher forward (1/3);
+  large batches (micro-batches) are taken at the same cost per image;
+- curve fitting: instances x curve epochs x the measured curve-epoch / training-epoch
+  ratio (``curve_epoch_over_train_epoch`` of ``results/bench/bench.json``; 1.2 when absent);
+- path evaluation: instances x 2 paths (curve, line) x points x (BN pass over the
+  BN images when the model has BN + evaluation on the train images + the test set),
+  all forward (1/3 per image);
+- plane: instances x grid points x (BN pass if BN + train + test evaluation);
+- activations: distinct checkpoints of the similarity comparisons x one forward of the
+  probe set (1/3 per image) -- disk writes not counted;
+- similarity: DFT-CCA FLOPs (per layer: frequencies x 3 complex products of
+  probe x channels^2, 8 real FLOPs per complex multiply-add), x 2 with the chance
+  baseline, at an assumed ``--f64-tflops`` (default 20) float64 rate; the other
+  measures are not counted (they work on far fewer neurons).
+
+Usage: ``python -m bench.estimate_gpu_hours [--config config/config.yaml] [--markdown]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+FWD = 1.0 / 3.0      # forward-only image cost relative to a training image (fwd 1 : bwd 2)
+DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar10_jpeg": (50_000, 10_000), "fashion_mnist": (60_000, 10_000)}
+
+
+def _sizes(cfg: dict) -> tuple[int, int]:
+    d = cfg["data"]
+    n_tr, n_te = DATASET_SIZES.get(d["name"], (50_000, 10_000))
+    if d.get("train_per_class"):
+        n_tr = 10 * int(d["train_per_class"])
+    if d.get("test_per_class"):
+        n_te = 10 * int(d["test_per_class"])
+    return n_tr, n_te
+
+
+def _has_bn(model_spec: dict) -> bool:
+    return bool(model_spec.get("batch_norm", False)) or model_spec.get("name") == "resnet18"
+
+
+def _layer_shapes(model_spec: dict, info: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    import torch
+
+    from closerlook import models
+
+    c, s, k = info
+    m = models.build_model(dict(model_spec), c, k, s).eval()
+    shapes = []
+    names = dict(m.named_modules())
+    hooks = [names[q].register_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape[1:])))
+             for q in models.analysis_layers(m).values()]
+    with torch.no_grad():
+        m(torch.zeros(1, c, s, s))
+    for h in hooks:
+        h.remove()
+    return [sh if len(sh) == 3 else (sh[0], 1, 1) for sh in shapes]
+
+
+def estimate(cfg: dict, curve_factor: float, f64_tflops: float) -> list[dict]:
+    from closerlook import config as C
+
+    n_tr, n_te = _sizes(cfg)
+    rows = []
+    # training
+    ep = 0.0
+    detail = []
+    for name in C.run_names(cfg):
+        r = C.resolve_run(cfg, name)
+        seeds = len(r["seeds"])
+        e = int(r["epochs"])
+        evals = e / max(int(r.get("eval_every", 1)), 1)
+        per = e * (1 + (FWD if r.get("distill") else 0.0)) + evals * FWD * n_te / n_tr
+        ep += seeds * per
+        detail.append(f"{name} {seeds}x{e}")
+    rows.append({"stage": "training runs", "count": "; ".join(detail), "epochs": ep})
+    # curves
+    fit = evals = 0.0
+    plane = 0.0
+    n_inst = 0
+    pts = 0
+    for cname in cfg.get("curves") or {}:
+        s = C.curve_settings(cfg, cname)
+        inst = len(C.curve_instances(cfg, cname))
+        n_inst += inst
+        fit += inst * int(s["epochs"]) * curve_factor
+        model = C.resolve_run(cfg, cfg["curves"][cname]["start"]["run"])["model"]
+        n_eval_tr = int(s.get("eval_train_images") or n_tr)
+        bn = n_eval_tr if _has_bn(model) else 0
+        per_point = FWD * (bn + n_eval_tr + n_te) / n_tr
+        evals += inst * 2 * int(s["points"]) * per_point
+        pts += inst * 2 * int(s["points"])
+    rows.append({"stage": "curve fitting", "count": f"{n_inst} instances x epochs x {curve_factor:.2f} (curve/plain epoch)",
+                 "epochs": fit})
+    rows.append({"stage": "path evaluation", "count": f"{pts} points (curve + line) x (BN pass if BN + train + test forward)",
+                 "epochs": evals})
+    gpts = 0
+    for pname in cfg.get("planes") or {}:
+        p = C.plane_settings(cfg, pname)
+        inst = len(C.curve_instances(cfg, p["curve"]))
+        g = int(p["grid"][0]) * int(p["grid"][1])
+        model = C.resolve_run(cfg, cfg["curves"][p["curve"]]["start"]["run"])["model"]
+        n_eval_tr = int(p.get("eval_train_images") or n_tr)
+        bn = n_eval_tr if _has_bn(model) else 0
+        plane += inst * g * FWD * (bn + n_eval_tr + n_te) / n_tr
+        gpts += inst * g
+    rows.append({"stage": "plane grids", "count": f"{gpts} grid points x (BN if BN + train + test forward)", "epochs": plane})
+    # activations + similarity
+    sim = C.similarity_settings(cfg)
+    probe = int(cfg["data"].get("probe_size") or 10_000)
+    ckpts = set()
+    pairs = 0
+    model_spec = None
+    for comp in sim.get("comparisons") or {}:
+        for a, b in C.comparison_instances(cfg, comp).values():
+            ckpts.update({a, b})
+            pairs += 1
+            model_spec = model_spec or C.resolve_run(cfg, a.run)["model"]
+    rows.append({"stage": "activations", "count": f"{len(ckpts)} checkpoints x {probe} probe images forward",
+                 "epochs": len(ckpts) * FWD * probe / n_tr})
+    sim_s = 0.0
+    if pairs and any(str(m).startswith("dft") for m in sim["measures"]):
+        info = (3, 32, 10) if cfg["data"]["name"].startswith("cifar") else (1, 28, 10)
+        flops = 0.0
+        for c, h, w in _layer_shapes(model_spec, info):
+            flops += h * w * 3 * probe * c * c * 8
+        flops *= pairs * (2 if sim.get("chance") else 1)
+        sim_s = flops / (f64_tflops * 1e12)
+    rows.append({"stage": "similarity (DFT-CCA)", "count": f"{pairs} comparisons{' + chance' if sim.get('chance') else ''}, "
+                 f"at {f64_tflops:g} TFLOP/s float64", "epochs": None, "seconds": sim_s})
+    return rows
+
+
+def markdown(rows: list[dict], costs: dict, cfg_path: str, source: str) -> str:
+    cols = list(costs)
+    L = [f"Config `{cfg_path}`; per-epoch GPU cost: {source}. Epoch equivalents are computed by "
+         "`python -m bench.estimate_gpu_hours` from the config.", "",
+         "| stage | what is counted | epoch equivalents | " + " | ".join(f"GPU-h, {c} ({lo:g}-{hi:g} s/epoch)" for c, (lo, hi) in costs.items()) + " |",
+         "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+    tot = {c: [0.0, 0.0] for c in cols}
+    tot_ep = 0.0
+    for r in rows:
+        cells = []
+        for c, (lo, hi) in costs.items():
+            if r["epochs"] is None:
+                a = b = r["seconds"] / 3600
+            else:
+                a, b = r["epochs"] * lo / 3600, r["epochs"] * hi / 3600
+            tot[c][0] += a
+            tot[c][1] += b
+            cells.append(f"{a:.2f}-{b:.2f}" if abs(a - b) > 1e-9 else f"{a:.2f}")
+        tot_ep += r["epochs"] or 0.0
+        ep = f"{r['epochs']:,.0f}" if r["epochs"] is not None else "-"
+        L.append(f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + " |")
+    L.append(f"| **total** | | **{tot_ep:,.0f}** | " + " | ".join(f"**{a:.0f}-{b:.0f}**" for a, b in tot.values()) + " |")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.estimate_gpu_hours", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "config/config.yaml"))
+    ap.add_argument("--epoch-s", nargs="*", default=["tuned=1,2", "plain=5,15"],
+                    help="per-epoch GPU seconds, NAME=LO,HI (default: the ANCHORS VGG-16 figures)")
+    ap.add_argument("--curve-factor", type=float, default=None,
+                    help="curve epoch / training epoch (default: results/bench/bench.json, else 1.2)")
+    ap.add_argument("--f64-tflops", type=float, default=20.0)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    from closerlook import config as C
+
+    cfg = C.load_config(a.config)
+    cf, src = a.curve_factor, "--curve-factor"
+    if cf is None:
+        try:
+            cf = float(json.loads((ROOT / "results/bench/bench.json").read_text())["curve_epoch_over_train_epoch"])
+            src = "results/bench/bench.json (CPU, small_cnn+BN)"
+        except (OSError, KeyError, TypeError, ValueError):
+            cf, src = 1.2, "default 1.2"
+    costs = {}
+    for item in a.epoch_s:
+        name, rng = item.split("=")
+        lo, hi = (float(v) for v in rng.split(","))
+        costs[name] = (lo, hi)
+    rows = estimate(cfg, cf, a.f64_tflops)
+    if a.json:
+        print(json.dumps({"rows": rows, "curve_factor": cf, "costs": costs}, indent=1))
+    else:
+        print(markdown(rows, costs, Path(a.config).name,
+                       "ANCHORS VGG-16 CIFAR-10 epoch figures (not measured on the H200: the check has not run)"
+                       if a.epoch_s == ap.get_default("epoch_s") else "given on the command line"))
+        print(f"curve epoch / training epoch = {cf:.2f} from {src}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

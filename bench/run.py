@@ -1,0 +1,250 @@
+"""All the CPU performance figures of the project in one run: one table and ``results/bench/bench.json``.
+
+Sections (each reuses the bench module named in its rows' "command" column):
+
+- training images/s, the engine's loop vs a plain reference loop (torchvision
+  ``DataLoader`` with per-image PIL transforms), ``small_cnn`` and ``vgg16`` on
+  32x32 inputs (small_cnn: Fashion-MNIST 28x28), fp32, channels_last and bf16
+  autocast (:mod:`bench.train_bench`);
+- curve evaluation: one evaluated path point vs the naive way (new model +
+  ``load_state_dict`` + ``update_bn`` per point), and one curve-fitting epoch over
+  one ordinary training epoch (:mod:`bench.curve_bench`);
+- similarity: CCA, PWCCA and linear CKA vs numpy reference implementations at
+  (64 x 2,000), (256 x 10,000), (512 x 50,000), float64 and float32 products,
+  ratio and agreement, plus the streaming accumulator's peak memory
+  (:mod:`bench.similarity_bench`);
+- the workflow: ``snakemake -n`` on the paper config (``dryrun_paper_s``) and the
+  demo pipeline's wall time from scratch in a fresh temporary ``--directory``
+  (``demo_wall_s``, about 10 minutes; ``--skip-demo`` or
+  ``CLOSERLOOK_BENCH_SKIP_DEMO=1`` skips it).
+
+Targets (CPU): training >= 1.25x the plain loop in fp32; similarity >= 1.8x in
+float64 and >= 3.5x with float32 products at the largest size; demo <= 10 min.
+
+Both sides of every comparison run in this one process under the same BLAS
+environment (``OPENBLAS_*``, ``OMP_*``, ``MKL_*``: reported, never changed).
+
+Usage: ``.venv/bin/python -m bench.run [--skip-demo] [--quick] [--out results/bench/bench.json]``
+(``make bench`` runs it with the defaults).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = ".venv/bin/python"
+
+TARGETS = {  # key: (op, threshold, text)
+    "train_ratio_small_cnn": (">=", 1.25, ">= 1.25x"),
+    "train_ratio_vgg16": (">=", 1.25, ">= 1.25x"),
+    "cca_ratio_512x50000_f64": (">=", 1.8, ">= 1.8x"),
+    "cca_ratio_512x50000_f32": (">=", 3.5, ">= 3.5x"),
+    "cca_max_abs_diff_f64": ("<=", 1e-8, "<= 1e-8 (ours)"),
+    "cca_max_abs_diff_f32": ("<=", 1e-3, "<= 1e-3 (ours)"),
+    "curve_point_ratio": ("<=", 1.0, "<= 1 (ours)"),
+    "demo_wall_s": ("<=", 600.0, "<= 600 s"),
+}
+
+
+def _load() -> str:
+    try:
+        return "load avg %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load n/a"
+
+
+def _snakemake() -> list[str]:
+    exe = Path(sys.executable).with_name("snakemake")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "snakemake"]
+
+
+def dryrun_paper(repeats: int = 2) -> dict:
+    """``snakemake -n`` on the paper config in an empty directory (the whole DAG is pending)."""
+    times = []
+    with tempfile.TemporaryDirectory(prefix="closerlook-dryrun-") as d:
+        cmd = _snakemake() + ["-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config/config.yaml"),
+                              "--directory", d, "-n", "--quiet", "--cores", "1"]
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            times.append(time.perf_counter() - t0)
+            if p.returncode != 0:
+                return {"dryrun_paper_s": None, "dryrun_paper_error": (p.stderr or p.stdout)[-500:]}
+    return {"dryrun_paper_s": round(min(times), 2), "dryrun_paper_runs_s": [round(t, 2) for t in times]}
+
+
+def demo_wall(cores: int = 2, timeout_s: int = 3600) -> dict:
+    """The demo pipeline end to end in a fresh directory (nothing cached: data preparation included)."""
+    d = tempfile.mkdtemp(prefix="closerlook-demo-")
+    cmd = _snakemake() + ["-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config/demo.yaml"),
+                          "--directory", d, "--cores", str(cores), "--quiet"]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        rc, err = p.returncode, (p.stderr or "")[-800:]
+    except subprocess.TimeoutExpired:
+        rc, err = "timeout", f"stopped after {timeout_s} s"
+    wall = time.perf_counter() - t0
+    out = {"demo_wall_s": round(wall, 1) if rc == 0 else None, "demo_cores": cores}
+    if rc != 0:
+        out["demo_error"] = f"rc={rc}: {err}"
+        out["demo_dir_kept"] = d          # left for inspection
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.1e}"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def _met(key: str, v) -> str:
+    if key not in TARGETS:
+        return ""
+    if v is None:
+        return "not measured"
+    op, thr, _ = TARGETS[key]
+    ok = v >= thr if op == ">=" else v <= thr
+    return "yes" if ok else "NO"
+
+
+ROWS = [  # (section, key, figure text, command)
+    ("training", "train_ips_small_cnn_plain", "small_cnn img/s, plain loop (fp32)", "python -m bench.train_bench"),
+    ("training", "train_ips_small_cnn_engine", "small_cnn img/s, engine (fp32)", "python -m bench.train_bench"),
+    ("training", "train_ratio_small_cnn", "small_cnn engine / plain, fp32", "python -m bench.train_bench"),
+    ("training", "train_ratio_small_cnn_cl", "small_cnn engine / plain, channels_last", "python -m bench.train_bench"),
+    ("training", "train_ratio_small_cnn_bf16", "small_cnn engine / plain, bf16 autocast", "python -m bench.train_bench"),
+    ("training", "train_ratio_small_cnn_cl_bf16", "small_cnn engine / plain, cl + bf16", "python -m bench.train_bench"),
+    ("training", "train_ips_vgg16_plain", "vgg16 img/s, plain loop (fp32)", "python -m bench.train_bench"),
+    ("training", "train_ips_vgg16_engine", "vgg16 img/s, engine (fp32)", "python -m bench.train_bench"),
+    ("training", "train_ratio_vgg16", "vgg16 engine / plain, fp32", "python -m bench.train_bench"),
+    ("training", "train_ratio_vgg16_cl", "vgg16 engine / plain, channels_last", "python -m bench.train_bench"),
+    ("training", "train_ratio_vgg16_bf16", "vgg16 engine / plain, bf16 autocast", "python -m bench.train_bench"),
+    ("training", "train_ratio_vgg16_cl_bf16", "vgg16 engine / plain, cl + bf16", "python -m bench.train_bench"),
+    ("curves", "curve_point_s", "one path point, s (ours)", "python -m bench.curve_bench"),
+    ("curves", "curve_point_naive_s", "one path point, s (naive)", "python -m bench.curve_bench"),
+    ("curves", "curve_point_ratio", "path point ours / naive", "python -m bench.curve_bench"),
+    ("curves", "curve_epoch_over_train_epoch", "curve epoch / training epoch", "python -m bench.curve_bench"),
+]
+for _tag in ("64x2000", "256x10000", "512x50000"):
+    ROWS += [
+        ("similarity", f"cca_ratio_{_tag}_f64", f"CCA {_tag} ref / ours, float64", "python -m bench.similarity_bench"),
+        ("similarity", f"cca_ratio_{_tag}_f32", f"CCA {_tag} ref / ours, f32 products", "python -m bench.similarity_bench"),
+        ("similarity", f"pwcca_ratio_{_tag}", f"PWCCA {_tag} ref / ours", "python -m bench.similarity_bench"),
+        ("similarity", f"cka_ratio_{_tag}", f"linear CKA {_tag} ref / ours", "python -m bench.similarity_bench"),
+    ]
+ROWS += [
+    ("similarity", "cca_max_abs_diff_f64", "CCA max |ours - ref|, float64", "python -m bench.similarity_bench"),
+    ("similarity", "cca_max_abs_diff_f32", "CCA max |ours - ref|, f32 products", "python -m bench.similarity_bench"),
+    ("similarity", "stream_peak_mb", "streaming 50000x4096 layer: peak MB", "python -m bench.similarity_bench"),
+    ("workflow", "dryrun_paper_s", "snakemake -n, paper config, s", "snakemake -n (fresh --directory)"),
+    ("workflow", "demo_wall_s", "demo pipeline from scratch, wall s (2 cores)",
+     "snakemake --configfile config/demo.yaml --cores 2 (fresh --directory)"),
+]
+
+
+def table(res: dict) -> str:
+    head = f"{'section':<10} | {'figure':<42} | {'value':>9} | {'target':<15} | {'met?':<12} | command"
+    lines = [head, "-" * len(head)]
+    for section, key, text, cmd in ROWS:
+        if key not in res and key not in TARGETS:
+            continue
+        v = res.get(key)
+        tgt = TARGETS.get(key, (None, None, ""))[2]
+        lines.append(f"{section:<10} | {text:<42} | {_fmt(v):>9} | {tgt:<15} | {_met(key, v):<12} | {cmd}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-demo", action="store_true",
+                    default=os.environ.get("CLOSERLOOK_BENCH_SKIP_DEMO", "") not in ("", "0"),
+                    help="skip the ~10-minute demo pipeline (also CLOSERLOOK_BENCH_SKIP_DEMO=1)")
+    ap.add_argument("--quick", action="store_true", help="short training loops, no 512 x 50,000 similarity case")
+    ap.add_argument("--out", default="results/bench/bench.json")
+    ap.add_argument("--only", nargs="*", choices=["train", "curves", "similarity", "workflow"],
+                    help="run only these sections")
+    a = ap.parse_args(argv)
+    os.chdir(ROOT)
+    from closerlook.io import atomic_write_json
+
+    sections = set(a.only or ["train", "curves", "similarity", "workflow"])
+    res: dict = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": _load()}
+    import numpy as np
+    import torch
+
+    res["torch"] = torch.__version__
+    res["numpy"] = np.__version__
+    env = {k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
+    res["blas_env"] = ";".join(f"{k}={v}" for k, v in env.items()) or "(no BLAS variables set)"
+    timings = {}
+
+    def section(name, fn):
+        t0 = time.perf_counter()
+        print(f"== {name} ({_load()})", flush=True)
+        try:
+            r = fn()
+        except Exception as exc:  # one broken section must not lose the others
+            r = {f"{name}_error": f"{type(exc).__name__}: {exc}"}
+            print(f"   {name} failed: {r[f'{name}_error']}", flush=True)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        res.update({k: v for k, v in r.items() if k not in ("threads", "batch", "env")})
+        if "threads" in r:
+            res[f"{name}_threads"] = r["threads"]
+
+    if "train" in sections:
+        from bench import train_bench
+
+        section("train", lambda: train_bench.run(steps=20 if a.quick else 60, vgg_steps=3 if a.quick else 6))
+    if "curves" in sections:
+        from bench import curve_bench
+
+        section("curves", lambda: curve_bench.run())
+    if "similarity" in sections:
+        from bench import similarity_bench
+
+        def sim():
+            r = similarity_bench.run(quick=a.quick)
+            print(similarity_bench._table(r))
+            return r
+
+        section("similarity", sim)
+    if "workflow" in sections:
+        section("dryrun", dryrun_paper)
+        if a.skip_demo:
+            res["demo_wall_s"] = None
+            res["demo_note"] = "skipped (--skip-demo / CLOSERLOOK_BENCH_SKIP_DEMO)"
+        else:
+            section("demo", demo_wall)
+    res["section_s"] = timings
+    res["load_end"] = _load()
+    res["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, res)
+    print()
+    print(f"closerlook benchmark, {res['cpus']} CPUs, torch {res['torch']}, numpy {res['numpy']}, "
+          f"BLAS env: {res['blas_env']}; {res['load_start']} at start, {res['load_end']} at end")
+    print(f"(commands run from the repo root with {PY}; training on {res.get('train_threads', '?')} thread(s))")
+    print(table(res))
+    print(f"\nwritten: {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
