@@ -82,8 +82,10 @@ def _json_default(obj: Any) -> Any:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # a file object, not the temp path: torch names the zip records after a path's
+        # (random) temp name, which made equal checkpoints differ byte for byte
+        torch.save(obj, fh)
 
 
 def save_checkpoint(path: str | os.PathLike, model_state: dict | None, meta: dict) -> None:

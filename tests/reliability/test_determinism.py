@@ -43,6 +43,8 @@ def test_same_seed_twice_is_identical_and_another_seed_is_not(fmnist_dir, data_c
         assert _tensor_hash(ca["model"]) == _tensor_hash(cb["model"]), name
         assert _tensor_hash(ca["model"]) != _tensor_hash(cc["model"]), name
         assert ca["meta"] == cb["meta"], name
+        # the files themselves are byte-identical (torch.save gets a file object, not the random temp name)
+        assert hashlib.sha256((a / name).read_bytes()).digest() == hashlib.sha256((b / name).read_bytes()).digest(), name
     sa, sb = (json.loads((d / "status.json").read_text()) for d in (a, b))
     for s in (sa, sb):
         for k in TIMING:
