@@ -7,7 +7,8 @@
 - ``batch_norm`` (bool): BatchNorm2d after every conv. Default False, except
   ``resnet18`` (default True; False replaces its BN layers by identities).
 - ``init``: ``default`` (PyTorch's), ``paper`` (conv N(0, sqrt(2/(k*k*out))),
-  linear N(0, 0.01), biases 0, BN weight 1 / bias 0), or ``scaled`` (paper
+  linear N(0, 0.01), biases 0, BN weight 1 / bias 0), ``kaiming`` (He normal,
+  fan-in, for conv and hidden linear layers: trains deep stacks without BN), or ``scaled`` (paper
   init, then every conv and linear weight multiplied by ``init_scale``: the
   "poor initialisation" variant E).
 - ``init_scale`` (float > 0, default 1.0): only used by ``scaled``.
@@ -37,7 +38,7 @@ from torch import nn
 from .io import ConfigError
 
 MODEL_NAMES = ("vgg11", "vgg16", "resnet18", "small_cnn")
-INITS = ("default", "paper", "scaled")
+INITS = ("default", "paper", "scaled", "kaiming")
 SPEC_KEYS = ("name", "batch_norm", "init", "init_scale", "width", "dropout")
 
 VGG_CONFIGS = {
@@ -233,6 +234,19 @@ def _init_paper(model: nn.Module, scale: float = 1.0) -> None:
                 m.weight.mul_(scale)
 
 
+def _init_kaiming(model: nn.Module) -> None:
+    """He et al. (2015): N(0, 2/fan_in) for every conv and hidden linear layer, so
+    the signal keeps its scale through a deep ReLU stack without batch norm;
+    the output layer keeps PyTorch's default. Biases 0."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    last = linears[-1] if linears else None
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not last:
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 # ----------------------------------------------------------------------------- public API
 
 def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -245,6 +259,8 @@ def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int)
         model = _build_vgg(spec, in_channels, num_classes, image_size)
     if spec["init"] in ("paper", "scaled"):
         _init_paper(model, spec["init_scale"] if spec["init"] == "scaled" else 1.0)
+    elif spec["init"] == "kaiming":
+        _init_kaiming(model)
     model.closerlook_spec = dict(spec)
     return model
 
