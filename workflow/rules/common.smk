@@ -65,7 +65,7 @@ def figure_files(fig):
 
 
 def all_targets():
-    out = []
+    out = [f"{R}/data/info.json"]
     for fig in C.figure_names(config):
         out += figure_files(fig)
     if C.figure_names(config):
