@@ -39,7 +39,9 @@ Where Google uses ``pinv`` (cut-off 1e-15 x the largest singular value) and
 takes square roots of possibly negative eigenvalues (NaN), we use an
 explicit **rank tolerance**: eigenvalues of the rescaled covariance at or
 below ``rank_tol x`` its largest eigenvalue are treated as null directions
-(not inverted; their coefficients are 0).  Default ``rank_tol`` is 1e-10
+(not inverted; their coefficients are 0).  When LAPACK's condition estimate
+shows both blocks are far from that tolerance, the coefficients are computed
+with Cholesky whitening instead (same values, fewer flops).  Default ``rank_tol`` is 1e-10
 for float64 products and 1e-6 for float32 products.  Consequently constant
 or duplicated neurons give finite coefficients (zeros for the null
 directions), never NaN, and a neuron whose variance is below ``rank_tol``
@@ -416,6 +418,20 @@ def _inv_sqrt(sigma: np.ndarray, rank_tol: float) -> np.ndarray:
     return vk @ vk.conj().T
 
 
+def _chol_if_well_conditioned(c: np.ndarray, rank_tol: float) -> np.ndarray | None:
+    """Lower Cholesky factor of ``c`` if its estimated reciprocal condition number
+    (LAPACK ``pocon``, 1-norm) exceeds ``100 * n * rank_tol``; else None."""
+    potrf, pocon = scipy.linalg.lapack.get_lapack_funcs(("potrf", "pocon"), (c,))
+    l, info = potrf(c, lower=1, clean=1, overwrite_a=0)
+    if info != 0:
+        return None
+    anorm = np.linalg.norm(c, 1)
+    rcond, info = pocon(l, anorm, uplo="L")
+    if info != 0 or not rcond > 100 * c.shape[0] * rank_tol:
+        return None
+    return l
+
+
 def _check_samples(n: int, nx: int, ny: int) -> None:
     k = max(nx, ny)
     if n <= k:
@@ -458,6 +474,17 @@ def _cca_solve(n: int, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
     if epsilon:
         cxx[np.diag_indices(nx)] += epsilon
         cyy[np.diag_indices(ny)] += epsilon
+    if not directions:
+        # fast path: Cholesky whitening when both blocks are well conditioned
+        # (LAPACK's condition estimate well above rank_tol, so the eigen path
+        # would keep every direction: identical coefficients, fewer flops)
+        lx, ly = _chol_if_well_conditioned(cxx, rank_tol), _chol_if_well_conditioned(cyy, rank_tol)
+        if lx is not None and ly is not None:
+            t = scipy.linalg.solve_triangular(lx, cxy, lower=True, check_finite=False)
+            t = scipy.linalg.solve_triangular(ly, t.conj().T, lower=True, check_finite=False)
+            s = np.linalg.svd(t, compute_uv=False)
+            return {"x_idxs": xi, "y_idxs": yi, "degenerate": False,
+                    "coefs": np.clip(np.abs(s), 0.0, 1.0)}
     wx = _inv_sqrt(cxx, rank_tol)         # overwrites cxx, cyy (temporaries)
     del cxx
     wy = _inv_sqrt(cyy, rank_tol)
