@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from closerlook import jobs
+from closerlook import devices, jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,19 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 def test_job_device_rules(monkeypatch, tmp_path):
     monkeypatch.setenv("CLOSERLOOK_GPU_LOCK_DIR", str(tmp_path))
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert jobs.job_device(1, cuda_available=False, num_gpus=0) == "cpu"
-    assert jobs.job_device(0, cuda_available=True, num_gpus=2) == "cpu"  # rule asked for no GPU
-    assert jobs.job_device(1, cuda_available=True, num_gpus=1) == "cuda:0"
+    assert devices.job_device(1, cuda_available=False, num_gpus=0) == "cpu"
+    assert devices.job_device(0, cuda_available=True, num_gpus=2) == "cpu"  # rule asked for no GPU
+    assert devices.job_device(1, cuda_available=True, num_gpus=1) == "cuda:0"
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert jobs.job_device(1, cuda_available=True, num_gpus=1) == "cuda:0"  # SLURM set the device
+    assert devices.job_device(1, cuda_available=True, num_gpus=1) == "cuda:0"  # SLURM set the device
 
 
 _CLAIM = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from closerlook.jobs import claim_gpu
+    from closerlook.devices import claim_gpu
     i = claim_gpu(int(sys.argv[1]), locks=Path(sys.argv[2]), wait_s=float(sys.argv[3]), poll_s=0.05)
     print(i, flush=True)
     time.sleep(float(sys.argv[4]))
@@ -44,13 +44,15 @@ def _claimer(n, locks, wait_s, hold_s):
 
 
 def test_concurrent_processes_get_distinct_gpus_and_a_third_waits(tmp_path):
-    a = _claimer(2, tmp_path, 5, 4)
-    b = _claimer(2, tmp_path, 5, 4)
+    a = _claimer(2, tmp_path, 5, 120)
+    b = _claimer(2, tmp_path, 5, 120)
     ga, gb = int(a.stdout.readline()), int(b.stdout.readline())
     assert {ga, gb} == {0, 1}
     c = _claimer(2, tmp_path, 0.5, 0)  # both held: times out
-    _, err = c.communicate(timeout=30)
+    _, err = c.communicate(timeout=60)
     assert c.returncode != 0 and "no free GPU" in err
+    a.terminate()
+    b.terminate()
     a.wait(timeout=30)
     b.wait(timeout=30)
     d = _claimer(2, tmp_path, 5, 0)  # a lock is freed when its process ends
@@ -85,7 +87,7 @@ def test_two_local_snakemake_gpu_jobs_take_different_devices(tmp_path):
             run:
                 import os, time
                 os.environ["CLOSERLOOK_GPU_LOCK_DIR"] = {str(locks)!r}
-                from closerlook.jobs import job_device
+                from closerlook.devices import job_device
                 dev = job_device(resources.gpu, cuda_available=True, num_gpus=2)
                 time.sleep(3)  # hold the GPU while the other job picks
                 open(output[0], "w").write(dev)
