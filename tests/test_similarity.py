@@ -1,6 +1,5 @@
 """CCA / SVCCA / PWCCA / CKA / DFT-CCA against Google's reference values and invariances."""
 import json
-import warnings
 
 import numpy as np
 import pytest
