@@ -853,16 +853,9 @@ def _load_endpoint(path: str) -> dict:
 
 
 def _build_module(meta: dict, path: str, device) -> nn.Module:
-    from .models import build_model  # type: ignore
+    from .models import model_from_checkpoint  # type: ignore
 
-    if "model" not in meta or "data" not in meta:
-        raise CurveError(f"{path}: checkpoint meta lacks 'model'/'data' (needed to rebuild the network)")
-    d = meta["data"]
-    try:
-        m = build_model(meta["model"], d["in_channels"], d["num_classes"], d["image_size"])
-    except KeyError as exc:
-        raise CurveError(f"{path}: meta.data lacks {exc.args[0]!r}") from exc
-    return m.to(device)
+    return model_from_checkpoint({"meta": meta, "model": None}, path).to(device)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:

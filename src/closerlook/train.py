@@ -616,15 +616,7 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
     amp = (lambda: devices.autocast(device, precision)) if precision != "fp32" else None
 
     # data
-    d = s["data"]
-    tr_x, tr_y, info = data.load_split(d["name"], "train", root=d["root"], cache_dir=d["cache_dir"])
-    te_x, te_y, _ = data.load_split(d["name"], "test", root=d["root"], cache_dir=d["cache_dir"])
-    if d["train_per_class"]:
-        idx = data.stratified_subset(tr_y, d["train_per_class"], d["subset_seed"])
-        tr_x, tr_y = tr_x[idx], tr_y[idx]
-    if d["test_per_class"]:
-        idx = data.stratified_subset(te_y, d["test_per_class"], d["subset_seed"])
-        te_x, te_y = te_x[idx], te_y[idx]
+    tr_x, tr_y, te_x, te_y, info = data.load_subsets(s["data"])
     train_loader = data.DeviceLoader(tr_x, tr_y, s["batch_size"], mean=info["mean"], std=info["std"],
                                      augment=s["augment"], shuffle=True, seed=s["seed"], device=device,
                                      drop_last=True, channels_last=s["channels_last"])
