@@ -196,6 +196,9 @@ def save_store(out_dir: str | Path, acts: Mapping[str, Any], meta: Mapping | Non
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Rewriting a store: drop its meta.json first, so that a kill while the layer files are
+    # replaced one by one leaves an incomplete store (refused), never old and new layers mixed.
+    (out_dir / "meta.json").unlink(missing_ok=True)
     taken: set[str] = set()
     files = {n: _file_name(n, taken) for n in acts}
     shapes = {}
@@ -244,6 +247,10 @@ def capture_to_store(model: nn.Module, layers, images, out_dir: str | Path, *, m
         for mm in mms.values():
             mm.flush()
         mms.clear()
+        # The layer files are renamed into place one by one as this block ends: drop an older
+        # store's meta.json first, so that a kill in between leaves an incomplete store (refused),
+        # never old and new layers mixed. A failure before this point leaves the old store intact.
+        (out_dir / "meta.json").unlink(missing_ok=True)
     m = dict(meta or {})
     m.setdefault("mode", mode)
     m.setdefault("subsample", subsample if mode == "subsample" else None)

@@ -322,3 +322,32 @@ def test_diverged_run_is_recorded_and_downstream_marks_it(runs, fmnist_dir, data
                         "--points", "3", "--quiet", *common]) == 0
     t = pd.read_csv(tmp_path / "c.csv")
     assert (t["status"] == "diverged").all() and t["test_acc"].isna().all()
+
+
+def test_store_rewrite_killed_between_layer_renames_is_refused_not_mixed(runs, tmp_path, monkeypatch):
+    """Rewriting an existing store (a rerun after its checkpoint changed): a kill after some layer files
+    were renamed into place must not leave a store that reads as complete with old and new layers mixed."""
+    from closerlook.models import analysis_layers, model_from_checkpoint
+
+    probe = torch.randint(0, 255, (40, 1, 28, 28), dtype=torch.uint8)
+    store = tmp_path / "store"
+    m0 = model_from_checkpoint(io.load_checkpoint(runs[0] / "final.pt"))
+    activations.capture_to_store(m0, analysis_layers(m0), probe, store, batch_size=20)
+    assert len(activations.load_store(store)[0]) >= 3
+
+    real_replace = os.replace
+    calls = []
+
+    def killed_after_first(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("simulated kill")   # a BaseException, like the process dying
+        real_replace(src, dst)
+
+    m1 = model_from_checkpoint(io.load_checkpoint(runs[1] / "final.pt"))
+    monkeypatch.setattr(io.os, "replace", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        activations.capture_to_store(m1, analysis_layers(m1), probe, store, batch_size=20)
+    monkeypatch.undo()
+    with pytest.raises(io.CheckpointError, match="incomplete"):
+        activations.load_store(store)
