@@ -1,5 +1,6 @@
 # Shared helpers: config validation, paths, resources. All logic about what a
 # config means lives in closerlook.config (importable without Snakemake).
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def ckpt(ep):
 
 
 def log_path(stage, *parts):
-    return f"{R}/logs/{stage}/" + "/".join(parts) + ".log"
+    return os.path.join(R, "logs", stage, *parts) + ".log"
 
 
 def curve_dir(curve, inst):
@@ -71,3 +72,51 @@ def all_targets():
     if C.figure_names(config):
         out += [f"{R}/claims.json", f"{R}/claims.md"]
     return out
+
+
+# ---- input functions of the stage rules
+def _train_outputs(run):
+    tags = C.checkpoint_tags(C.resolve_run(config, run))
+    base = f"{R}/runs/{run}/seed{{seed}}"
+    return [f"{base}/{t}.pt" for t in tags] + [f"{base}/metrics.csv", f"{base}/status.json"]
+
+
+def _teacher_input(wildcards, run):
+    t = C.teacher_endpoint(config, run, int(wildcards.seed))
+    return [ckpt(t)] if t else []
+
+
+def _curve_ends(wc):
+    a, b = C.curve_instances(config, wc.curve)[wc.inst]
+    return {"start": ckpt(a), "end": ckpt(b)}
+
+
+def _path_inputs(wc):
+    d = _curve_ends(wc)
+    if wc.path == "curve":
+        d["curve"] = f"{curve_dir(wc.curve, wc.inst)}/curve.pt"
+    return d
+
+
+def _plane_inputs(wc):
+    p = config["planes"][wc.plane]
+    d = _curve_ends(type("W", (), {"curve": p["curve"], "inst": wc.inst})())
+    d["curve"] = f"{curve_dir(p['curve'], wc.inst)}/curve.pt"
+    d["project"] = [ckpt(ep) for ep in C.plane_projection(config, wc.plane, wc.inst)]
+    return d
+
+
+def _comparison_inputs(wc):
+    a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
+    return {"a": act_dir(a), "b": act_dir(b)}
+
+
+def _figure_inputs(wc):
+    return C.figure_layout(config, wc.figure)[1]
+
+
+def _claims_inputs(wc):
+    files = []
+    for fig in C.figure_names(config):
+        files += C.figure_layout(config, fig)[1]
+    return sorted(set(files))

@@ -3,11 +3,6 @@
 # each t), and the loss plane through (w1, w2, bend) with projected iterates.
 
 
-def _curve_ends(wc):
-    a, b = C.curve_instances(config, wc.curve)[wc.inst]
-    return {"start": ckpt(a), "end": ckpt(b)}
-
-
 rule fit_curve:
     input:
         unpack(_curve_ends),
@@ -33,13 +28,6 @@ rule fit_curve:
         "../../scripts/fit_curve.py"
 
 
-def _path_inputs(wc):
-    d = _curve_ends(wc)
-    if wc.path == "curve":
-        d["curve"] = f"{curve_dir(wc.curve, wc.inst)}/curve.pt"
-    return d
-
-
 rule evaluate_path:
     input:
         unpack(_path_inputs),
@@ -60,14 +48,6 @@ rule evaluate_path:
         ENV
     script:
         "../../scripts/evaluate_path.py"
-
-
-def _plane_inputs(wc):
-    p = config["planes"][wc.plane]
-    d = _curve_ends(type("W", (), {"curve": p["curve"], "inst": wc.inst})())
-    d["curve"] = f"{curve_dir(p['curve'], wc.inst)}/curve.pt"
-    d["project"] = [ckpt(ep) for ep in C.plane_projection(config, wc.plane, wc.inst)]
-    return d
 
 
 rule plane:

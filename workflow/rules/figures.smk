@@ -3,10 +3,6 @@
 # runs only what that figure needs.
 
 
-def _figure_inputs(wc):
-    return C.figure_layout(config, wc.figure)[1]
-
-
 rule figure:
     input:
         _figure_inputs,

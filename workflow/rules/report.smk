@@ -2,13 +2,6 @@
 # measured numbers, the rule and thresholds from config["claims"], and seeds.
 
 
-def _claims_inputs(wc):
-    files = []
-    for fig in C.figure_names(config):
-        files += C.figure_layout(config, fig)[1]
-    return sorted(set(files))
-
-
 rule claims:
     input:
         _claims_inputs,

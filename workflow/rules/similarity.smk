@@ -2,11 +2,6 @@
 # chance baseline) between the activations of two checkpoints.
 
 
-def _comparison_inputs(wc):
-    a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
-    return {"a": act_dir(a), "b": act_dir(b)}
-
-
 rule similarity:
     input:
         unpack(_comparison_inputs),

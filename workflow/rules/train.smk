@@ -3,17 +3,6 @@
 # a killed job) and published into place when the run ends.
 
 
-def _train_outputs(run):
-    tags = C.checkpoint_tags(C.resolve_run(config, run))
-    base = f"{R}/runs/{run}/seed{{seed}}"
-    return [f"{base}/{t}.pt" for t in tags] + [f"{base}/metrics.csv", f"{base}/status.json"]
-
-
-def _teacher_input(wildcards, run):
-    t = C.teacher_endpoint(config, run, int(wildcards.seed))
-    return [ckpt(t)] if t else []
-
-
 for _run in C.run_names(config):
 
     rule:
