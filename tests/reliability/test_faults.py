@@ -309,6 +309,14 @@ def test_diverged_run_is_recorded_and_downstream_marks_it(runs, fmnist_dir, data
     import pandas as pd
     m = pd.read_csv(out / "metrics.csv")
     assert m["status"].iloc[-1] == "diverged"
+    # a student of the diverged teacher is itself marked diverged (no crash, every checkpoint written)
+    student = tmp_path / "student"
+    res = train_run(tiny_spec(fmnist_dir, data_cache, name="student",
+                              distill={"teacher": str(out / "final.pt"), "temperature": 4.0, "alpha": 0.9}),
+                    student, progress=None)
+    assert res["status"] == "diverged"
+    assert "teacher" in json.loads((student / "status.json").read_text())["reason"]
+    assert io.load_checkpoint(student / "final.pt")["meta"]["status"] == "diverged"
     # a curve to a diverged endpoint: outputs marked diverged, exit 0
     d = runs["data"]
     common = ["--data", d["name"], "--root", d["root"], "--cache-dir", d["cache_dir"], "--train-per-class", "20",
