@@ -1,0 +1,84 @@
+"""Config resolution (closerlook.config) and the shipped configs.
+
+The catalogue of bad configs lives in tests/reliability/; here: the shipped
+configs are valid and plan, and resolution does what docs/DESIGN.md says.
+"""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from closerlook import config as C
+from closerlook.io import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return C.load_config(REPO / "config" / "demo.yaml")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = C.load_config(REPO / "config" / name)
+    assert set(C.figure_names(cfg)) == set(C.FIGURE_NAMES)
+
+
+def test_run_spec_merges_defaults_shallowly(demo):
+    adam = C.run_spec(demo, "adam", 0)
+    assert adam["optimizer"] == {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0}  # no SGD momentum inherited
+    assert adam["model"] == demo["defaults"]["model"]
+    assert adam["seed"] == 0 and adam["name"] == "adam"
+    assert "probe_size" not in adam["data"]
+
+
+def test_distillation_teacher_resolves_to_its_checkpoint(demo):
+    spec = C.run_spec(demo, "distilled", 1)
+    assert spec["distill"]["teacher"] == "results/demo/runs/sgd/seed0/final.pt"
+    assert spec["distill"]["temperature"] == 4.0
+
+
+def test_pair_instances_seed_rules(demo):
+    cfg = copy.deepcopy(demo)
+    cfg["runs"]["sgdr"]["seeds"] = [0, 1]
+    cfg["runs"]["sgd"]["seeds"] = [0, 1, 2]
+    both = C.pair_instances(cfg, {"run": "sgd", "final": True}, {"run": "sgdr", "epoch": 3}, "k")
+    assert sorted(both) == ["seed0", "seed1"]  # seeds the two runs share
+    a, b = both["seed1"]
+    assert (a.seed, a.tag, b.seed, b.tag) == (1, "final", 1, "epoch3")
+    cross = C.pair_instances(cfg, {"run": "sgd", "final": True, "seed": 0}, {"run": "sgd", "final": True, "seed": 2}, "k")
+    assert list(cross) == ["s0-s2"]
+    one = C.pair_instances(cfg, {"run": "sgd", "final": True, "seed": 2}, {"run": "sgdr", "epoch": 1}, "k")
+    assert list(one) == ["seed2"] and one["seed2"][1].seed == 2
+
+
+def test_endpoint_needs_exactly_one_of_epoch_iteration_final():
+    with pytest.raises(ConfigError, match="curves.x.start"):
+        C.endpoint_tag({"run": "a", "epoch": 3, "final": True}, "curves.x.start")
+    assert C.endpoint_tag({"run": "a", "iteration": 0}, "k") == "iter0"  # iteration 0 is valid
+
+
+def test_figure_layouts_list_only_result_files(demo):
+    for fig in C.figure_names(demo):
+        layout, files = C.figure_layout(demo, fig)
+        assert files and all(f.startswith("results/demo/") for f in files), (fig, files)
+        assert not any(f.endswith(".pt") for f in files), (fig, files)  # specs are not inputs
+
+
+def test_paper_config_plans_the_full_study():
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"),
+                        "-d", str(REPO)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    for rule in ("train_sgdr", "train_lb_warmup", "train_distilled", "fit_curve", "plane", "extract_activations",
+                 "similarity", "figure", "claims"):
+        assert rule in out, (rule, out[-3000:])
+
+
+def test_workflow_lint_is_clean():
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO),
+                        "--configfile", str(REPO / "config" / "tiny.yaml")], capture_output=True, text=True, timeout=600)
+    assert "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
