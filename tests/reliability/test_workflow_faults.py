@@ -92,8 +92,10 @@ def test_claims_that_need_the_diverged_run_are_inconclusive(done):
     wd, _ = done
     R = wd / "results" / "div"
     claims = json.loads((R / "claims.json").read_text())
-    text = json.dumps(claims)
-    assert "inconclusive" in text and "diverged" in text
+    items = list(claims["claims"].values() if isinstance(claims["claims"], dict) else claims["claims"])
+    assert items and all(c["verdict"] == "inconclusive" for c in items)   # nothing judged on NaN numbers
+    # the robustness claim (curve G-A to the diverged run) and the plane claim say why
+    assert sum("diverged" in json.dumps(c) for c in items) >= 2
     assert (R / "claims.md").read_text().count("inconclusive") >= 1
 
 
