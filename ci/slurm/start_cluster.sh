@@ -199,7 +199,15 @@ chmod 755 /run/munge
 start_bg() {  # start_bg NAME CMD...: run in the foreground of a background process, record PID
   local name=$1; shift
   setsid "$@" >"$STATE/log/$name.out" 2>&1 < /dev/null &
-  echo $! > "$PIDS/$name.pid"
+  local pid=$!
+  echo "$pid" > "$PIDS/$name.pid"
+  # $! is the forked shell until it has exec'd the daemon (via setsid/setpriv): wait for
+  # that, so that the alive checks below do not take a slow exec (busy machine) for an exit
+  for _ in $(seq 200); do
+    alive "$PIDS/$name.pid" "$name" && return 0
+    [ -d "/proc/$pid" ] || return 0
+    sleep 0.05
+  done
 }
 
 if id munge >/dev/null 2>&1; then
