@@ -28,7 +28,7 @@ from .io import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 # Keys of a run that replace the default wholesale (no deep merge: an Adam run
 # must not inherit SGD's momentum).
@@ -154,7 +154,7 @@ def validate_schema(cfg: dict) -> None:
     if err.validator == "additionalProperties":
         msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
     elif err.validator == "pattern" and err.validator_value == NAME_RE.pattern and "propertyNames" not in err.schema_path:
-        msg = f"{err.instance!r} is not a valid name (letters, digits, '_', '-', '.'; no spaces, quotes or ';')"
+        msg = f"{err.instance!r} is not a valid name (letters, digits, '_' and '-'; no spaces, dots, quotes or ';')"
     if "propertyNames" in list(err.schema_path):
         msg = f"name {err.instance!r} is not allowed (use letters, digits, '_', '-', '.'; no spaces, quotes or ';')"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""

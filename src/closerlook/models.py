@@ -11,7 +11,8 @@
   fan-in, for conv and hidden linear layers: trains deep stacks without BN), or ``scaled`` (paper
   init, then every conv and linear weight multiplied by ``init_scale``: the
   "poor initialisation" variant E).
-- ``init_scale`` (float > 0, default 1.0): only used by ``scaled``.
+- ``init_scale`` (float > 0, default 1.0): multiplies every conv and linear
+  weight after the chosen init (``scaled`` = ``paper`` with this factor).
 - ``width`` (number > 0, default 1): multiplies the conv channel counts
   (classifier input follows; hidden FC sizes stay as specified).
 - ``dropout`` (float in [0, 1)): dropout before the first two FC layers;
@@ -261,6 +262,11 @@ def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int)
         _init_paper(model, spec["init_scale"] if spec["init"] == "scaled" else 1.0)
     elif spec["init"] == "kaiming":
         _init_kaiming(model)
+    if spec["init"] != "scaled" and spec["init_scale"] != 1.0:  # a poor initialisation of any scheme
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    m.weight.mul_(spec["init_scale"])
     model.closerlook_spec = dict(spec)
     return model
 
