@@ -35,8 +35,10 @@ demo: $(STAMP) data-demo
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
 
+# PYTEST_RC_FILE (optional): where to record pytest's own exit status (make maps it to 2).
 test: $(STAMP) data-demo
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ -n "$(PYTEST_RC_FILE)" ]; then echo $$rc > "$(PYTEST_RC_FILE)"; fi; exit $$rc
 
 bench: $(STAMP) data-demo
 	$(BIN)/python -m bench.run
