@@ -30,24 +30,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
-# Keys of a run that replace the default wholesale (no deep merge: an Adam run
-# must not inherit SGD's momentum).
-RUN_DEFAULTS: dict[str, Any] = {
-    "warmup": {"iterations": 0, "start_factor": 0.0},
-    "micro_batch_size": None,
-    "augment": False,
-    "seeds": [0],
-    "checkpoints": {"epochs": [], "iterations": []},
-    "freeze": None,
-    "distill": None,
-    "eval_every": 1,
-    "resume_every": 50,
-    "device": "auto",
-    "precision": "auto",
-    "channels_last": False,
-    "compile": False,
-    "threads": None,
-}
+def _run_defaults() -> dict[str, Any]:
+    """Settings a run takes when neither it nor ``defaults`` gives them: the
+    engine's own defaults (closerlook.train.DEFAULTS) plus ``seeds``. Keys of a
+    run replace the default wholesale (no deep merge: an Adam run must not
+    inherit SGD's momentum)."""
+    from .train import DEFAULTS
+
+    required = ("name", "seed", "data", "model", "optimizer", "schedule", "epochs", "batch_size")
+    out = {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in required}
+    out["seeds"] = [0]
+    return out
+
+
 CURVE_DEFAULTS: dict[str, Any] = {
     "kind": "bezier",
     "num_bends": 3,
@@ -195,7 +190,7 @@ def resolve_run(cfg: dict, name: str) -> dict:
     """The run's settings: built-in defaults < config ``defaults`` < the run's own keys."""
     if name not in cfg["runs"]:
         raise ConfigError(f"config key runs: no run named {name!r} (runs: {', '.join(cfg['runs'])})")
-    run = copy.deepcopy(RUN_DEFAULTS)
+    run = _run_defaults()
     run.update(copy.deepcopy(cfg.get("defaults") or {}))
     run.update(copy.deepcopy(cfg["runs"][name] or {}))
     for req in ("model", "optimizer", "schedule", "epochs", "batch_size"):
