@@ -177,9 +177,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="results/bench/bench.json")
     ap.add_argument("--only", nargs="*", choices=["train", "curves", "similarity", "workflow"],
                     help="run only these sections (their keys replace those of an existing --out file)")
+    ap.add_argument("--steps", type=int, default=60, help="timed small_cnn steps per training loop")
+    ap.add_argument("--vgg-steps", type=int, default=10, help="timed vgg16 steps per training loop")
     ap.add_argument("--sim-repeats", type=int, default=3, help="similarity: min of N timings")
-    ap.add_argument("--sim-clock", choices=["wall", "cpu"], default="cpu",
-                    help="similarity clock: process CPU time (default; robust to other users' load) or wall")
+    ap.add_argument("--sim-clock", choices=["wall", "cpu"], default="wall",
+                    help="similarity clock: wall (default) or process CPU time (inflated by BLAS threads spinning under load)")
     a = ap.parse_args(argv)
     os.chdir(ROOT)
     from closerlook.io import atomic_write_json
@@ -218,7 +220,7 @@ def main(argv=None) -> dict:
     if "train" in sections:
         from bench import train_bench
 
-        section("train", lambda: train_bench.run(steps=20 if a.quick else 60, vgg_steps=3 if a.quick else 6))
+        section("train", lambda: train_bench.run(steps=20 if a.quick else a.steps, vgg_steps=3 if a.quick else a.vgg_steps))
     if "curves" in sections:
         from bench import curve_bench
 
