@@ -80,6 +80,16 @@ def test_nothing_to_do_after_a_finished_run(done):
     assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
 
 
+def test_html_report_has_every_figure_with_its_caption(done):
+    report = done / "report.html"
+    r = snakemake(done, "--report", str(report))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    html = report.read_text()
+    for fig in FIGS:
+        assert f"{fig}.png" in html or f"{fig}.pdf" in html, fig
+    assert "Figure 3" in html and "Figure 6" in html  # each figure got its own caption
+
+
 def test_plot_option_reruns_only_that_figure(done):
     before = outputs(done)
     time.sleep(1.1)

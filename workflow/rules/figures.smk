@@ -9,7 +9,7 @@ rule figure:
     output:
         report(
             multiext(f"{R}/figures/{{figure}}", *[f".{e}" for e in (config.get("figures") or {}).get("format", ["pdf", "png"])]),
-            caption="../report/{figure}.rst",
+            caption="../report/figure.rst",
             category="Figures",
         ),
     params:
