@@ -1,4 +1,5 @@
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from closerlook.data import (DeviceLoader, dataset_info, eval_batches, load_spli
                              probe_set, stratified_subset)
 from closerlook.io import CloserlookError, ConfigError
 
-from conftest import CIFAR_ZIP
+CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"  # ../shared beside the checkout
 
 
 # ----------------------------------------------------------------------------- real data
