@@ -38,7 +38,11 @@ def test_run_spec_merges_defaults_shallowly(demo):
 def test_distillation_teacher_resolves_to_its_checkpoint(demo):
     spec = C.run_spec(demo, "distilled", 1)
     assert spec["distill"]["teacher"] == "results/demo/runs/sgd/seed0/final.pt"
-    assert spec["distill"]["temperature"] == 4.0
+    assert spec["distill"]["temperature"] == demo["runs"]["distilled"]["distill"]["temperature"]
+    cfg = copy.deepcopy(demo)
+    del cfg["runs"]["distilled"]["distill"]["temperature"], cfg["runs"]["distilled"]["distill"]["alpha"]
+    d = C.run_spec(cfg, "distilled", 1)["distill"]
+    assert (d["temperature"], d["alpha"]) == (4.0, 0.9)  # PAPER.md's stated defaults
 
 
 def test_pair_instances_seed_rules(demo):
