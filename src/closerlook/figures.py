@@ -51,6 +51,12 @@ DEFAULT_DPI = 150
 # --------------------------------------------------------------------------- tables
 
 
+def read_tables(paths: Mapping | None) -> tuple[list, list]:
+    """:func:`read_table` of every instance (sorted by name): ``(dfs, problems)``."""
+    pairs = [read_table(p) for _inst, p in sorted((paths or {}).items())]
+    return [d for d, _ in pairs], [q for _, q in pairs]
+
+
 def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
     """Read one CSV table: ``(df, problem)``; problem is None, "diverged", "missing", "empty", "unreadable".
 
@@ -337,12 +343,7 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
     notes_a, notes_b = [], []
     max_epoch = 0.0
     for run in ("SGDR", "SGD"):
-        paths = metrics.get(run, {}) or {}
-        dfs, probs = [], []
-        for _inst, p in sorted(paths.items()):
-            df, prob = read_table(p)
-            dfs.append(df)
-            probs.append(prob)
+        dfs, probs = read_tables(metrics.get(run, {}))
         name = _decorate(run, probs)
         if any(probs):
             notes_a.append(f"{run}: {', '.join(sorted({p for p in probs if p}))}")
@@ -352,7 +353,7 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
         for d in dfs:
             if d is not None and "epoch" in d.columns and d["epoch"].notna().any():
                 max_epoch = max(max_epoch, float(d["epoch"].max()))
-        first, _ = _first_metrics(paths)
+        first, _ = _first_metrics(metrics.get(run, {}) or {})
         its, lrs, src = lr_series(specs.get(run), first)
         if its.size:
             ax_b.plot(its, np.where(lrs > 0, lrs, np.nan), color=colors[run], lw=1.5,
@@ -555,12 +556,7 @@ def _similarity_panel(ax, sim: Mapping[str, Mapping[str, Any]], measure: str, co
 def _metrics_panels(ax_acc, ax_lr, metrics: Mapping, specs: Mapping, colors) -> None:
     notes_acc, marks = [], _run_roles(specs)
     for k, label in enumerate(metrics or {}):
-        paths = metrics[label] or {}
-        dfs, probs = [], []
-        for _inst, p in sorted(paths.items()):
-            df, prob = read_table(p)
-            dfs.append(df)
-            probs.append(prob)
+        dfs, probs = read_tables(metrics[label])
         name = _decorate(label, probs)
         if any(probs):
             notes_acc.append(f"{label}: {', '.join(sorted({p for p in probs if p}))}")

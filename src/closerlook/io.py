@@ -25,6 +25,13 @@ class ConfigError(CloserlookError, ValueError):
     """A configuration value is wrong; the message names the key."""
 
 
+def check_keys(mapping, allowed, key: str, what: str = "") -> None:
+    """Raise ConfigError naming ``key.<first unknown key>`` if ``mapping`` has keys outside ``allowed``."""
+    extra = set(mapping) - set(allowed)
+    if extra:
+        raise ConfigError(f"{key}.{sorted(extra)[0]}: unknown key{what} (allowed: {', '.join(sorted(allowed))})")
+
+
 class CheckpointError(CloserlookError):
     """A checkpoint or activation file is missing, truncated or not ours."""
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .io import ConfigError
+from .io import ConfigError, check_keys
 
 SCHEDULES = ("sgdr", "step", "linear", "constant")
 SCHEDULE_KEYS = {
@@ -57,10 +57,7 @@ def validate_schedule(schedule: Mapping | None, warmup: Mapping | None = None, *
     name = schedule.get("name")
     if name not in SCHEDULES:
         raise ConfigError(f"{prefix}schedule.name: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    extra = set(schedule) - SCHEDULE_KEYS[name]
-    if extra:
-        raise ConfigError(f"{prefix}schedule.{sorted(extra)[0]}: unknown key for schedule {name!r} "
-                          f"(allowed: {', '.join(sorted(SCHEDULE_KEYS[name]))})")
+    check_keys(schedule, SCHEDULE_KEYS[name], f"{prefix}schedule", f" for schedule {name!r}")
     if name == "sgdr":
         t0 = _num(schedule.get("T0", 1), f"{prefix}schedule.T0")
         if t0 <= 0:
@@ -95,9 +92,7 @@ def validate_schedule(schedule: Mapping | None, warmup: Mapping | None = None, *
     if warmup is not None:
         if not isinstance(warmup, Mapping):
             raise ConfigError(f"{prefix}warmup: must be a mapping {{iterations, start_factor}}, got {warmup!r}")
-        extra = set(warmup) - WARMUP_KEYS
-        if extra:
-            raise ConfigError(f"{prefix}warmup.{sorted(extra)[0]}: unknown key (allowed: iterations, start_factor)")
+        check_keys(warmup, WARMUP_KEYS, f"{prefix}warmup")
         it = warmup.get("iterations", 0)
         if isinstance(it, bool) or not isinstance(it, int):
             raise ConfigError(f"{prefix}warmup.iterations: {it!r} must be an integer")

@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import devices, schedules
-from .io import (CheckpointError, ConfigError, atomic_torch_save, atomic_write_json, atomic_write_text,
+from .io import (CheckpointError, ConfigError, check_keys, atomic_torch_save, atomic_write_json, atomic_write_text,
                  load_checkpoint, safe_torch_load, save_checkpoint)
 
 RESUME_FORMAT = "closerlook-resume/1"
@@ -161,9 +161,7 @@ def validate_run_spec(spec: Mapping) -> dict:
         raise ConfigError(f"seed: {s['seed']!r} must be a non-negative integer")
 
     d = s["data"]
-    extra = set(d) - DATA_KEYS
-    if extra:
-        raise ConfigError(f"data.{sorted(extra)[0]}: unknown key (allowed: {', '.join(sorted(DATA_KEYS))})")
+    check_keys(d, DATA_KEYS, "data")
     if d["name"] not in _dataset_names():
         raise ConfigError(f"data.name: unknown data set {d['name']!r}; known: {', '.join(_dataset_names())}")
     for k in ("train_per_class", "test_per_class"):
@@ -189,10 +187,7 @@ def validate_run_spec(spec: Mapping) -> dict:
     oname = o.get("name")
     if oname not in OPTIMIZER_KEYS:
         raise ConfigError(f"optimizer.name: unknown optimizer {oname!r}; choose sgd or adam")
-    extra = set(o) - OPTIMIZER_KEYS[oname]
-    if extra:
-        raise ConfigError(f"optimizer.{sorted(extra)[0]}: unknown key for {oname} "
-                          f"(allowed: {', '.join(sorted(OPTIMIZER_KEYS[oname]))})")
+    check_keys(o, OPTIMIZER_KEYS[oname], "optimizer", f" for {oname}")
     s["optimizer"] = o = _merge(OPTIMIZER_DEFAULTS[oname], o)
     if "lr" not in o or not _is_num(o["lr"]) or o["lr"] <= 0:
         raise ConfigError(f"optimizer.lr: {o.get('lr')!r} must be a number > 0")
@@ -246,9 +241,7 @@ def validate_run_spec(spec: Mapping) -> dict:
     c = s["checkpoints"] if s["checkpoints"] is not None else {}
     if not isinstance(c, Mapping):
         raise ConfigError(f"checkpoints: must be a mapping {{epochs, iterations}}, got {c!r}")
-    extra = set(c) - CHECKPOINT_KEYS
-    if extra:
-        raise ConfigError(f"checkpoints.{sorted(extra)[0]}: unknown key (allowed: epochs, iterations)")
+    check_keys(c, CHECKPOINT_KEYS, "checkpoints")
     c = {"epochs": list(c.get("epochs") or []), "iterations": list(c.get("iterations") or [])}
     for e in c["epochs"]:
         if not _is_int(e) or e < 0:
@@ -275,9 +268,7 @@ def validate_run_spec(spec: Mapping) -> dict:
     if fr is not None:
         if not isinstance(fr, Mapping):
             raise ConfigError(f"freeze: must be a mapping {{groups, iterations}} or null, got {fr!r}")
-        extra = set(fr) - FREEZE_KEYS
-        if extra:
-            raise ConfigError(f"freeze.{sorted(extra)[0]}: unknown key (allowed: groups, iterations)")
+        check_keys(fr, FREEZE_KEYS, "freeze")
         g = fr.get("groups")
         if isinstance(g, str):
             g = [g]
@@ -294,9 +285,7 @@ def validate_run_spec(spec: Mapping) -> dict:
     if di is not None:
         if not isinstance(di, Mapping):
             raise ConfigError(f"distill: must be a mapping {{teacher, temperature, alpha}} or null, got {di!r}")
-        extra = set(di) - DISTILL_KEYS
-        if extra:
-            raise ConfigError(f"distill.{sorted(extra)[0]}: unknown key (allowed: teacher, temperature, alpha)")
+        check_keys(di, DISTILL_KEYS, "distill")
         if not isinstance(di.get("teacher"), (str, os.PathLike)) or not str(di.get("teacher")):
             raise ConfigError(f"distill.teacher: {di.get('teacher')!r} must be a checkpoint path")
         t = di.get("temperature", 4.0)
