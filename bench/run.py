@@ -159,12 +159,16 @@ ROWS += [
 def table(res: dict) -> str:
     head = f"{'section':<10} | {'figure':<42} | {'value':>9} | {'target':<15} | {'met?':<12} | command"
     lines = [head, "-" * len(head)]
+    skipped = res.get("skipped") or {}
     for section, key, text, cmd in ROWS:
-        if key not in res and key not in TARGETS:
+        if key not in res and key not in TARGETS and key not in skipped:
             continue
         v = res.get(key)
         tgt = TARGETS.get(key, (None, None, ""))[2]
-        lines.append(f"{section:<10} | {text:<42} | {_fmt(v):>9} | {tgt:<15} | {_met(key, v):<12} | {cmd}")
+        met = "skipped" if key in skipped else _met(key, v)
+        lines.append(f"{section:<10} | {text:<42} | {_fmt(v):>9} | {tgt:<15} | {met:<12} | {cmd}")
+    if skipped:
+        lines += ["", "skipped rows:"] + [f"  {key}: {why}" for key, why in sorted(skipped.items())]
     return "\n".join(lines)
 
 
@@ -213,7 +217,8 @@ def main(argv=None) -> dict:
             r = {f"{name}_error": f"{type(exc).__name__}: {exc}"}
             print(f"   {name} failed: {r[f'{name}_error']}", flush=True)
         timings[name] = round(time.perf_counter() - t0, 1)
-        res.update({k: v for k, v in r.items() if k not in ("threads", "batch", "env")})
+        res.update({k: v for k, v in r.items() if k not in ("threads", "batch", "env", "skipped")})
+        res.setdefault("skipped", {}).update(r.get("skipped") or {})
         if "threads" in r:
             res[f"{name}_threads"] = r["threads"]
 

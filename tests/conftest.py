@@ -4,9 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores are shared by test processes; one thread per process keeps runs
-# predictable and deterministic.
-torch.set_num_threads(1)
+from testkit import THREADS
+
+# The thread count of every torch computation in the suite (CLOSERLOOK_TEST_THREADS,
+# default 1: two cores are shared by the test processes). The suite must pass with 1 and 2.
+torch.set_num_threads(THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

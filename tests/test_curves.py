@@ -87,12 +87,12 @@ def test_endpoints_exact_including_buffers(kind, k):
     w0, w1 = curve.weights_at(0.0), curve.weights_at(1.0)
     assert list(w0) == list(net.state_dict())
     for key in a:
-        assert torch.equal(w0[key], a[key]), key
+        assert torch.equal(w0[key], a[key]), key  # exact: IEEE x * 1 + y * 0 == x at t = 0
         assert w0[key].dtype == a[key].dtype
         if key.endswith("num_batches_tracked"):
-            assert torch.equal(w1[key], a[key]), key  # integer buffers: from start
+            assert torch.equal(w1[key], a[key]), key  # exact: integer buffers come from start
         else:
-            assert torch.equal(w1[key], b[key]), key
+            assert torch.equal(w1[key], b[key]), key  # exact: IEEE x * 0 + y * 1 == y at t = 1
     net.load_state_dict(curve.weights_at(0.37))  # full state dict accepted
 
 
@@ -111,7 +111,7 @@ def test_gradients_reach_only_bends():
         assert not buf.requires_grad, name
     assert all(p.grad is None for p in net.parameters())
     # endpoints untouched by the training-mode BN forward
-    assert torch.equal(curve.start_buffers, C._Layout(net).flat_fbufs(a))
+    assert torch.equal(curve.start_buffers, C._Layout(net).flat_fbufs(a))  # exact: a copy
     # at t = 0 the output does not depend on anything trainable (bend coefficients are 0)
     assert not curve(x, 0.0).requires_grad
 
@@ -170,7 +170,7 @@ def test_coefficients_sum_to_one_and_line():
     ln = C.line(net, a, b)
     assert ln.kind == "line" and ln.path_label == "line" and ln.num_bends == 2
     assert len(list(ln.parameters())) == 1 and ln.bends.numel() == 0
-    assert torch.equal(C.line(a, b, net).flat_params_at(0.3), ln.flat_params_at(0.3))
+    assert torch.equal(C.line(a, b, net).flat_params_at(0.3), ln.flat_params_at(0.3))  # exact: same ops, same process
     la, lb = C.flat_parameters(net, a), C.flat_parameters(net, b)
     assert torch.allclose(ln.flat_params_at(0.4).double(), 0.6 * la + 0.4 * lb, atol=1e-6)
     # a Bezier with bends left on the line is the line
@@ -229,7 +229,7 @@ def test_bn_recompute_equals_update_bn():
         if "running" in k or "num_batches" in k:
             assert torch.allclose(state[k], v, atol=1e-6, rtol=1e-5), k
     assert net.training  # mode restored
-    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))  # exact: the saved value is put back
     # bn_batches: the first n batches only
     state2 = curve.weights_at(0.3)
     C.recompute_bn(net, state2, loader, num_batches=1)
@@ -293,7 +293,7 @@ def test_torchvision_resnet18_unmodified():
     b = torchvision.models.resnet18(num_classes=10, weights=None).state_dict()
     curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
     w0 = curve.weights_at(0.0)
-    assert all(torch.equal(w0[k], a[k]) for k in a)
+    assert all(torch.equal(w0[k], a[k]) for k in a)  # exact: t = 0 coefficients are 1 and 0
     x, y = synth_data(8, seed=7, size=16, channels=3)
     loader = TensorLoader(x, y, 4)
     df = C.evaluate_path(curve, loader, loader, ts=[0.0, 0.5, 1.0])
@@ -322,7 +322,7 @@ def test_plane_basis_and_projections():
     assert abs(torch.dot(basis.u, basis.v).item()) < 1e-10
     v1, v2, v3 = (C.flat_parameters(net, s) for s in (w1, w2, th))
     pu, pv, d, rel = basis.coords(v1)
-    assert (pu, pv, d, rel) == (0.0, 0.0, 0.0, 0.0)
+    assert (pu, pv, d, rel) == (0.0, 0.0, 0.0, 0.0)  # exact: w1 - origin is x - x == 0
     pu, pv, d, rel = basis.coords(v2)
     assert pu == pytest.approx((v2 - v1).norm().item(), rel=1e-12) and abs(pv) < 1e-9 and d < 1e-9
     pu, pv, d, _ = basis.coords(v3)
@@ -350,10 +350,18 @@ def test_plane_grid_tables():
     assert np.isfinite(grid[["train_loss", "test_loss"]].to_numpy()).all()
     d = (pts.loc[1, "u"] - pts.loc[0, "u"])
     assert grid["u"].min() == pytest.approx(min(0.0, pts.loc[2, "u"]) - 0.1 * (max(d, pts.loc[2, "u"]) - min(0.0, pts.loc[2, "u"])))
-    # the grid point at w1 reproduces w1's loss (with recomputed BN)
-    g2, _ = C.plane_grid(net, w1, w2, th, loader, None, grid_points=2, margin=0.0)
+    # anchors' coordinates are exact, not projected residuals (~1e-17 of either sign on another CPU)
+    d = (C.flat_parameters(net, w2) - C.flat_parameters(net, w1)).norm().item()
+    assert pts.loc[0, ["u", "v", "distance"]].tolist() == [0.0, 0.0, 0.0]  # exact: set, not computed
+    assert pts.loc[1, "v"] == 0.0 and pts.loc[1, "u"] == pytest.approx(d, rel=1e-12)  # exact: set, not computed
+    # the promise: with margin 0 and the bend at u >= 0, w1 is a grid point, and it reproduces
+    # w1's loss on the line (BN recomputed on the same data either way)
+    assert pts.loc[2, "u"] >= 0
+    g2, p2 = C.plane_grid(net, w1, w2, th, loader, None, grid_points=2, margin=0.0)
     ln = C.evaluate_path(C.line(net, w1, w2), loader, None, ts=[0.0])
-    row = g2[(g2["u"] == 0.0) & (g2["v"] == 0.0)]
+    row = g2[(g2["u"] == 0.0) & (g2["v"] == 0.0)]  # exact: linspace starts at exactly min(0.0, ...) = 0.0
+    assert len(row) == 1
+    # same weights (origin + 0 * u + 0 * v == origin exactly), same ops: float32 BN/forward, rel 1e-5
     assert row["train_loss"].item() == pytest.approx(ln.loc[0, "train_loss"], rel=1e-5)
     with pytest.raises(C.CurveError, match="identical"):
         C.plane_basis(net, w1, w1, th)
@@ -378,7 +386,7 @@ def test_fit_curve_trains_bends_only_and_resumes_exactly(tmp_path):
                      out_dir=tmp_path / "a", t_per_batch=2)
     assert len(df) == 3 and (df["status"] == "ok").all()
     assert df["lr"].tolist() == pytest.approx([0.05, 0.05, 0.05 * C.garipov_lr_factor(2, 3)])
-    assert torch.equal(curve.start_params, start_before)
+    assert torch.equal(curve.start_params, start_before)  # exact: endpoints are never updated
     assert not torch.equal(curve.bends.detach(), bends_before)
     assert (tmp_path / "a" / "metrics.csv").exists()
     # interrupted run (simulated kill mid-epoch, resume state every 4 iterations), then restarted
@@ -390,18 +398,18 @@ def test_fit_curve_trains_bends_only_and_resumes_exactly(tmp_path):
     c3, _, _ = _fit_setup()
     df3 = C.fit_curve(c3, TensorLoader(x, y, 10, shuffle=True), epochs=3, lr=0.05, seed=3,
                       out_dir=tmp_path / "b", t_per_batch=2, resume_every=4)
-    assert torch.equal(c3.bends.detach(), curve.bends.detach())
+    assert torch.equal(c3.bends.detach(), curve.bends.detach())  # exact: same-process resume (deterministic CPU ops)
     assert not (tmp_path / "b" / "resume.pt").exists()
     assert df3["train_loss"].tolist() == pytest.approx(df["train_loss"].tolist(), rel=1e-6)
     # the saved curve reloads onto a fresh module and gives the same points
     ck = load_checkpoint(tmp_path / "b" / "curve.pt")
     assert ck["meta"]["curve"] == {"kind": "bezier", "num_bends": 3} and ck["meta"]["status"] == "ok"
     c4 = C.load_curve(tmp_path / "b" / "curve.pt", small_net(bn=True))
-    assert torch.equal(c4.flat_params_at(0.4), c3.flat_params_at(0.4))
+    assert torch.equal(c4.flat_params_at(0.4), c3.flat_params_at(0.4))  # exact: loaded bytes, same ops
     # finished: a rerun does nothing and returns the metrics
     df5 = C.fit_curve(c2, TensorLoader(x, y, 10), epochs=3, lr=0.05, seed=3, out_dir=tmp_path / "b",
                       t_per_batch=2)
-    assert len(df5) == 3 and torch.equal(c2.bends.detach(), curve.bends.detach())
+    assert len(df5) == 3 and torch.equal(c2.bends.detach(), curve.bends.detach())  # exact: loaded, not refitted
     # other settings: neither the finished curve nor a stale resume state is reused
     c6, _, _ = _fit_setup()
     df6 = C.fit_curve(c6, TensorLoader(x, y, 10), epochs=2, lr=0.05, seed=3, out_dir=tmp_path / "b")

@@ -27,7 +27,7 @@ def test_vgg16_param_count():
     m = build_model({"name": "vgg16"}, 3, 10, 32)
     expected = _vgg_expected_params(VGG_CONFIGS["vgg16"], 3, 10, 4096, 512)
     assert _n_params(m) == expected
-    assert round(expected / 1e6, 1) == 33.6
+    assert 33_550_000 < expected < 33_650_000  # VGG-16 for CIFAR-10: 33.6M parameters
     bn = build_model({"name": "vgg16", "batch_norm": True}, 3, 10, 32)
     assert _n_params(bn) == _vgg_expected_params(VGG_CONFIGS["vgg16"], 3, 10, 4096, 512, bn=True)
     assert sum(isinstance(x, nn.Conv2d) for x in m.modules()) == 13
@@ -70,7 +70,7 @@ def test_forward_shapes_and_hooks(name, shape, bn):
     assert out.shape == (2, 7)
     assert list(captured) == list(layers)  # hooks fire in layer order
     names = list(layers)
-    assert torch.equal(captured[names[-1]], out)  # last layer = logits
+    assert torch.equal(captured[names[-1]], out)  # exact: the hook sees the same logits tensor
     if name != "resnet18":
         convs = [k for k in names if k.startswith("conv")]
         assert names == convs + ["fc1", "fc2", "fc3"]

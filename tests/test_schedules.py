@@ -80,8 +80,8 @@ def test_sgdr_equals_torch_cosine_annealing_per_cycle():
 def test_step_decay_values():
     spec = _run({"name": "step", "milestones": [2, 4], "gamma": 0.1}, lr=0.05)
     total = 6 * IPE
-    assert lr_at(spec, 0, IPE, total) == 0.05
-    assert lr_at(spec, 2 * IPE - 1, IPE, total) == 0.05
+    assert lr_at(spec, 0, IPE, total) == 0.05  # exact: Python float, factor 1.0
+    assert lr_at(spec, 2 * IPE - 1, IPE, total) == 0.05  # exact: Python float, factor 1.0
     assert lr_at(spec, 2 * IPE, IPE, total) == pytest.approx(0.005, rel=1e-12)
     assert lr_at(spec, 4 * IPE - 1, IPE, total) == pytest.approx(0.005, rel=1e-12)
     assert lr_at(spec, 4 * IPE, IPE, total) == pytest.approx(0.0005, rel=1e-12)
@@ -114,10 +114,10 @@ def test_warmup_matches_torch_linear_lr():
 
 def test_linear_and_constant():
     spec = _run({"name": "linear", "final_factor": 0.0}, lr=0.1)
-    assert lr_at(spec, 0, IPE, 100) == 0.1
+    assert lr_at(spec, 0, IPE, 100) == 0.1  # exact: Python float, factor 1.0
     assert lr_at(spec, 50, IPE, 100) == pytest.approx(0.05, rel=1e-12)
     assert lr_at(spec, 99, IPE, 100) == pytest.approx(0.001, rel=1e-9)
-    assert lr_at(_run({"name": "constant"}, lr=0.3), 77, IPE, 100) == 0.3
+    assert lr_at(_run({"name": "constant"}, lr=0.3), 77, IPE, 100) == 0.3  # exact: Python float, factor 1.0
     # bare schedule spec with explicit base_lr
     assert lr_at({"name": "step", "milestones": [1], "gamma": 0.1}, IPE, IPE, 100, base_lr=1.0) == pytest.approx(0.1)
 

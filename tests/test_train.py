@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from closerlook import io
 from closerlook.io import ConfigError
+from testkit import THREADS
 from closerlook.train import (METRICS_COLUMNS, accumulate_gradients, distillation_loss, main, resolve_freeze,
                               train_run, validate_run_spec)
 
@@ -26,7 +27,7 @@ def spec(fmnist_dir, data_cache):
         "schedule": {"name": "constant"},
         "epochs": 1, "batch_size": 20, "augment": False,
         "checkpoints": {"epochs": [1], "iterations": [0]},
-        "device": "cpu", "threads": 1,
+        "device": "cpu", "threads": THREADS,
     }
 
 
@@ -80,7 +81,7 @@ def test_accumulated_batch_float32_tolerance():
 def test_distillation_alpha0_is_plain_cross_entropy():
     torch.manual_seed(0)
     s, t, y = torch.randn(32, 10), torch.randn(32, 10), torch.randint(0, 10, (32,))
-    assert torch.equal(distillation_loss(s, t, y, temperature=4.0, alpha=0.0), F.cross_entropy(s, y))
+    assert torch.equal(distillation_loss(s, t, y, temperature=4.0, alpha=0.0), F.cross_entropy(s, y))  # exact: IEEE 0 * kl + 1 * ce == ce
 
 
 def test_distillation_alpha1_same_logits_is_zero_and_value():
@@ -112,7 +113,7 @@ def test_distill_run_alpha0_equals_plain_run_and_alpha09_trains(spec, tmp_path):
     d0 = dict(spec, distill={"teacher": str(teacher), "temperature": 4.0, "alpha": 0.0})
     train_run(d0, tmp_path / "alpha0", progress=None)
     a, b = _sd(teacher), _sd(tmp_path / "alpha0" / "final.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # teacher present but weightless: exactly plain CE
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact: same process; teacher present but weightless: exactly plain CE
     d9 = dict(spec, distill={"teacher": str(teacher), "temperature": 4.0, "alpha": 0.9}, seed=1)
     r = train_run(d9, tmp_path / "alpha09", progress=None)
     assert r["status"] == "ok"
@@ -133,7 +134,7 @@ def test_freeze_classifier_does_not_move_then_trains(spec, tmp_path):
     assert frozen and len(frozen) < len(list(model.parameters()))
     w0, wk, w20 = (_sd(tmp_path / f"iter{i}.pt") for i in (0, k, 20))
     for n in frozen:  # bit for bit: no momentum, no weight-decay drift
-        assert torch.equal(w0[n], wk[n]), n
+        assert torch.equal(w0[n], wk[n]), n  # exact: frozen weights are never written
     assert any(not torch.equal(wk[n], w20[n]) for n in frozen)  # unfrozen afterwards
     moved = [n for n in w0 if n not in frozen and w0[n].is_floating_point() and n in dict(model.named_parameters())]
     assert moved and all(not torch.equal(w0[n], wk[n]) for n in moved)
@@ -164,7 +165,7 @@ def test_outputs_metrics_and_determinism(spec, tmp_path):
         assert (tmp_path / "a" / f).exists(), f
     assert not (tmp_path / "a" / "resume.pt").exists()
     a, b = _sd(tmp_path / "a" / "final.pt"), _sd(tmp_path / "b" / "final.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact: same seed twice on the same CPU is bitwise
     assert not all(torch.equal(a[k], _sd(tmp_path / "a" / "iter0.pt")[k]) for k in a)
     meta = io.load_checkpoint(tmp_path / "a" / "iter7.pt")["meta"]
     assert meta["iteration"] == 7 and meta["epoch"] == pytest.approx(7 / 10) and meta["status"] == "ok"
@@ -246,4 +247,4 @@ def test_validate_run_spec_accepts_and_completes(spec):
     assert full["optimizer"]["nesterov"] is False
     # yaml.safe_load reads "1e-3" as a string (YAML 1.1): accepted as the number it means
     adam = validate_run_spec(dict(spec, optimizer={"name": "adam", "lr": "1e-3"}))
-    assert adam["optimizer"]["lr"] == 0.001 and adam["optimizer"]["eps"] == 1e-8
+    assert adam["optimizer"]["lr"] == 0.001 and adam["optimizer"]["eps"] == 1e-8  # exact: parsed config values

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testkit import write_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def changed(before: dict, after: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def done(tmp_path_factory, fmnist_dir):
     wd = tmp_path_factory.mktemp("tiny-e2e")
-    shutil.copy(REPO / "config" / "tiny.yaml", wd / "tiny.yaml")
+    write_tiny(wd / "tiny.yaml")
     r = snakemake(wd)
     assert r.returncode == 0, f"tiny pipeline failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return wd

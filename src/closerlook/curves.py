@@ -36,7 +36,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -685,6 +685,11 @@ class PlaneBasis:
     u: torch.Tensor
     v: torch.Tensor
     keys: list[str]
+    # The anchors' coordinates are known exactly by construction (w1 = (0, 0), w2 on the u axis,
+    # bend at v = its Gram-Schmidt norm, all in the plane). Projecting them instead leaves residuals
+    # of ~1e-17 whose sign depends on the CPU's arithmetic, and a grid that promises to contain w1
+    # would then miss it on some machines.
+    anchors: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def coords(self, vec: torch.Tensor) -> tuple[float, float, float, float]:
         """(u, v, distance from the plane, distance / ||vec - w1||) of a flat parameter vector."""
@@ -726,7 +731,8 @@ def plane_basis(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping) -> 
     if nv <= 1e-12 * nu:
         raise CurveError("plane: the bend lies on the line through w1 and w2; no plane")
     v = v / nv
-    return PlaneBasis(origin=a, u=u, v=v, keys=list(layout.param_keys))
+    anchors = {"w1": (0.0, 0.0), "w2": (float(nu), 0.0), "bend": (float(torch.dot(c - a, u)), float(nv))}
+    return PlaneBasis(origin=a, u=u, v=v, keys=list(layout.param_keys), anchors=anchors)
 
 
 @torch.no_grad()
@@ -743,7 +749,10 @@ def plane_grid(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping, trai
     BN statistics recomputed at every grid point (``bn_loader``, default
     ``train_loader``). Buffers other than BN statistics come from w1.
     Returns ``(grid_df, points_df)`` with the DESIGN.md columns;
-    ``checkpoints`` (label -> state dict) are projected too.
+    ``checkpoints`` (label -> state dict) are projected too. The anchors'
+    coordinates are exact (w1 = (0, 0), w2 = (||w2 - w1||, 0)), so with
+    ``margin=0`` the grid's corners are the anchors' bounding box and w1 is a
+    grid point, on any machine, whenever the bend's u coordinate is >= 0.
     """
     import pandas as pd
 
@@ -754,7 +763,10 @@ def plane_grid(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping, trai
     points = []
     for label, sd in list(anchors.items()) + list((checkpoints or {}).items()):
         layout.check(sd, label)
-        pu, pv, dist, rel = basis.coords(layout.flat_params(sd, dtype=torch.float64))
+        if label in basis.anchors:
+            (pu, pv), dist, rel = basis.anchors[label], 0.0, 0.0
+        else:
+            pu, pv, dist, rel = basis.coords(layout.flat_params(sd, dtype=torch.float64))
         points.append({"label": label, "u": pu, "v": pv, "distance": dist, "rel_distance": rel})
     nu, nv = (grid_points, grid_points) if isinstance(grid_points, int) else grid_points
     ml, mr, mb, mt = (margin,) * 4 if isinstance(margin, (int, float)) else margin

@@ -1,10 +1,9 @@
 import pytest
-import yaml
 
-from reliability_helpers import REPO
+from testkit import tiny_config
 
 
 @pytest.fixture(scope="session")
 def tiny_cfg() -> dict:
-    """config/tiny.yaml as a dict (deep-copy before changing it)."""
-    return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    """config/tiny.yaml as the tests run it (thread knob applied; deep-copy before changing it)."""
+    return tiny_config()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from testkit import THREADS, thread_env
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -22,7 +23,7 @@ def tiny_spec(fmnist_dir, cache_dir, **over) -> dict:
         "schedule": {"name": "constant"},
         "epochs": 2, "batch_size": 20, "augment": True,
         "checkpoints": {"epochs": [1], "iterations": [0, 5]},
-        "resume_every": 4, "device": "cpu", "threads": 1,
+        "resume_every": 4, "device": "cpu", "threads": THREADS,
     }
     spec.update(copy.deepcopy(over))
     return spec
@@ -32,7 +33,7 @@ def run_snakemake(workdir: Path, configfile: Path, *args, timeout=600) -> subpro
     """The real snakemake command on the repo's Snakefile, with all results under ``workdir``."""
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = thread_env()
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 

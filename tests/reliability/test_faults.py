@@ -21,12 +21,13 @@ from closerlook import activations, io
 from closerlook.train import train_run
 
 from reliability_helpers import tiny_spec
+from testkit import THREADS
 
 
 def _tensors_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]), k  # exact: resume on the same CPU is bitwise
 
 
 def _listing(d: Path) -> list[str]:
@@ -97,7 +98,7 @@ def _fit_cmd(runs, out, epochs):
             "--end", str(runs[1] / "final.pt"), "--out", str(out), "--epochs", str(epochs), "--batch-size", "10",
             "--resume-every", "5", "--seed", "3", "--augment", "--data", d["name"], "--root", d["root"],
             "--cache-dir", d["cache_dir"], "--train-per-class", str(d["train_per_class"]),
-            "--test-per-class", str(d["test_per_class"]), "--device", "cpu", "--threads", "1"]
+            "--test-per-class", str(d["test_per_class"]), "--device", "cpu", "--threads", str(THREADS)]
 
 
 def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsys):
@@ -119,14 +120,14 @@ def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsy
     assert not (out / "resume.pt").exists()
     cols = ["epoch", "iteration", "lr", "train_loss", "train_acc", "reg", "status"]
     import pandas as pd
-    pd.testing.assert_frame_equal(pd.read_csv(ref / "metrics.csv")[cols], pd.read_csv(out / "metrics.csv")[cols])
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "metrics.csv")[cols], pd.read_csv(out / "metrics.csv")[cols])  # exact: same-CPU resume
 
 
 _CAPTURE = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[5]))
     from closerlook.activations import capture_to_store
     from closerlook.data import load_subsets, probe_set
     from closerlook.io import load_checkpoint
@@ -148,7 +149,7 @@ def test_activation_capture_sigkill_then_rerun_equals_uninterrupted(runs, tmp_pa
     ckpt = str(runs[0] / "final.pt")
     data = json.dumps(runs["data"])
     out, flag = tmp_path / "killed", tmp_path / "started"
-    p = subprocess.Popen([sys.executable, "-c", _CAPTURE, ckpt, data, str(out), str(flag)],
+    p = subprocess.Popen([sys.executable, "-c", _CAPTURE, ckpt, data, str(out), str(flag), str(THREADS)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _poll_kill(p, lambda: flag.exists() and time.sleep(0.5) is None)
     assert p.returncode == -signal.SIGKILL
@@ -161,13 +162,13 @@ def test_activation_capture_sigkill_then_rerun_equals_uninterrupted(runs, tmp_pa
     # rerun into the same folder (what snakemake --rerun-incomplete does after removing it; here it is kept)
     ref = tmp_path / "ref"
     for target in (out, ref):      # in-process: the same script body
-        monkeypatch.setattr(sys, "argv", ["capture", ckpt, data, str(target), "-"])
+        monkeypatch.setattr(sys, "argv", ["capture", ckpt, data, str(target), "-", str(THREADS)])
         exec(compile(_CAPTURE, "capture", "exec"), {"__name__": "capture"})
     a, ma = activations.load_store(ref)
     b, mb = activations.load_store(out)
     assert a.keys() == b.keys() and len(a) >= 3
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(a[k], b[k])  # exact: same checkpoint, same probe, same CPU
     assert ma["probe_fingerprint"] == mb["probe_fingerprint"]
 
 
@@ -191,7 +192,7 @@ def test_truncated_activation_npy_names_file_and_recovery(tmp_path):
             "fc": np.arange(500, dtype=np.float32).reshape(50, 10)}
     store = activations.save_store(tmp_path / "store", acts, {"checkpoint": "x.pt"})
     got, _ = activations.load_store(store)
-    np.testing.assert_array_equal(got["fc"], acts["fc"])
+    np.testing.assert_array_equal(got["fc"], acts["fc"])  # exact: the bytes written are read back
     f = store / "fc.npy"
     full = f.read_bytes()
     for n in (len(full) - 40, 60):   # data cut short; header cut short
@@ -289,7 +290,7 @@ def test_full_disk_during_activation_capture_keeps_the_earlier_store(runs, tmp_p
     assert _listing(store) == names            # no temp file left, nothing new under a final name
     again, _ = activations.load_store(store)
     for k in old:
-        np.testing.assert_array_equal(old[k], again[k])
+        np.testing.assert_array_equal(old[k], again[k])  # exact: same checkpoint, same probe, same CPU
 
 
 # ----------------------------------------------------------------------------- divergence (library level)

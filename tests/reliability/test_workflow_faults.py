@@ -18,13 +18,14 @@ import pytest
 from closerlook import activations, io
 
 from reliability_helpers import REPO, SNAKEMAKE, run_snakemake, write_yaml
+from testkit import with_threads
 
 pytestmark = pytest.mark.slow
 CACHE = "data cache 'q\" ;x $(touch pwned)"
 
 
 def _config(tiny_cfg):
-    cfg = {
+    cfg = with_threads({
         "name": "div",
         "data": dict(tiny_cfg["data"], cache_dir=CACHE),
         "defaults": dict(tiny_cfg["defaults"], epochs=2, schedule={"name": "constant"},
@@ -49,7 +50,7 @@ def _config(tiny_cfg):
                             "comparisons": {"LB no warmup": "w-sgd", "LB warmup": "w-boom"}, "measure": "cca_mean"},
         },
         "claims": dict(tiny_cfg.get("claims") or {}),
-    }
+    })
     return cfg
 
 
@@ -154,6 +155,6 @@ def test_snakemake_killed_mid_extraction_reruns_to_the_same_arrays(done, tmp_pat
     after, _ = activations.load_store(store)
     assert before.keys() == after.keys()
     for k in before:
-        np.testing.assert_array_equal(before[k], after[k])
+        np.testing.assert_array_equal(before[k], after[k])  # exact: same checkpoint, same probe, same CPU
     # no temp file of the killed job left behind (.snakemake_timestamp is snakemake's directory marker)
     assert not [n.name for n in store.iterdir() if ".tmp" in n.name]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from testkit import THREADS, with_threads
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "config" / "tiny.yaml"
@@ -106,7 +107,7 @@ def train_reference(run: str, seed: int):
             "from closerlook import config as C\n"
             "from closerlook.train import train_run\n"
             "cfg = yaml.safe_load(open(sys.argv[1]))\n"
-            f"spec = dict(C.run_spec(cfg, {run!r}, {seed}), device='cpu', threads=1)\n"
+            f"spec = dict(C.run_spec(cfg, {run!r}, {seed}), device='cpu', threads={THREADS})\n"
             "train_run(spec, sys.argv[2], progress=None)\n"
         )
         env = {k: v for k, v in os.environ.items() if k != "CLOSERLOOK_TEST_ITER_SLEEP"}
@@ -136,7 +137,7 @@ def same_checkpoints(rel: str):
             b = torch.load(ref_dir / name, map_location="cpu", weights_only=True)
             assert a["meta"]["iteration"] == b["meta"]["iteration"], name
             assert a["model"].keys() == b["model"].keys(), name
-            diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+            diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]  # exact: same-CPU resume
             assert not diff, f"{name}: tensors differ from the uninterrupted run: {diff}"
     return compare
 
@@ -228,10 +229,12 @@ def prepare_run_dir(case, tmp_path: Path, request) -> tuple[Path, Path | None]:
     workdir = tmp_path / "run"
     workdir.mkdir()
     configfile = case.configfile
-    if case.derive is not None:
+    if configfile is not None:
         import yaml
 
-        cfg = case.derive(yaml.safe_load(Path(configfile).read_text()))
+        cfg = with_threads(yaml.safe_load(Path(configfile).read_text()))
+        if case.derive is not None:
+            cfg = case.derive(cfg)
         configfile = tmp_path / "config.yaml"
         configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))
     if case.seed_data:

@@ -1,0 +1,33 @@
+"""The benchmark's guards: rows that would take hours on this CPU are skipped, with the reason."""
+import time
+
+from bench import train_bench
+from bench.run import table
+
+
+def _loop(step_s: float):
+    while True:
+        time.sleep(step_s)
+        yield 1
+
+
+def test_a_variant_far_slower_than_fp32_is_dropped_with_its_reason():
+    # 0.2 s vs ~0 s per step: a factor of hundreds against SLOW_FACTOR = 3, robust to load
+    loops = {"plain": _loop(0.0), "engine": _loop(0.001), "engine_cl": _loop(0.001), "engine_bf16": _loop(0.2)}
+    out: dict = {}
+    train_bench._drop_slow(loops, out, "m")
+    assert set(loops) == {"plain", "engine", "engine_cl"}
+    assert "train_ratio_m_bf16" in out["skipped"] and "fp32 engine" in out["skipped"]["train_ratio_m_bf16"]
+
+
+def test_bf16_probe_answers_with_a_reason():
+    ok, why = train_bench.bf16_support()
+    assert isinstance(ok, bool) and why
+
+
+def test_the_table_names_skipped_rows_and_why():
+    res = {"train_ratio_small_cnn": 1.1, "skipped": {"train_ratio_small_cnn_bf16": "no native bf16"}}
+    text = table(res)
+    row = next(line for line in text.splitlines() if "bf16 autocast" in line and "small_cnn" in line)
+    assert "skipped" in row
+    assert "train_ratio_small_cnn_bf16: no native bf16" in text
