@@ -1,6 +1,6 @@
 """Mode-connectivity benchmark: cost of one evaluated path point and of one curve-fitting epoch.
 
-- ``curve_point_s``: one point of :func:`closerlook.curves.evaluate_path`
+- ``curve_point_s``: one point of :func:`closerlook.landscape.evaluate_path`
   (weights = a weighted sum of the flat control points, BN statistics
   recomputed by ``functional_call`` over the BN data, then evaluation on the
   train and test sets), averaged over a few t.
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from closerlook import curves as C
+from closerlook import landscape as L
 
 
 def _model(seed: int, width: float):
@@ -106,9 +107,9 @@ def run(images: int = 1000, test_images: int = 500, batch: int = 50, eval_batch:
     controls = curve.control_points()
 
     def ours(trl, tel):
-        C.evaluate_path(curve, trl, tel, ts=[0.5])  # warm-up
+        L.evaluate_path(curve, trl, tel, ts=[0.5])  # warm-up
         t0 = clock()
-        C.evaluate_path(curve, trl, tel, ts=ts)
+        L.evaluate_path(curve, trl, tel, ts=ts)
         return (clock() - t0) / len(ts)
 
     def naive(trl, tel):

@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
 
 FWD = 1.0 / 3.0      # forward-only image cost relative to a training image (fwd 1 : bwd 2)
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar10_jpeg": (50_000, 10_000), "fashion_mnist": (60_000, 10_000)}

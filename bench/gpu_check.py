@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -53,9 +51,8 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
 
+# closerlook comes from the project venv, or from src/ through PYTHONPATH (bench/gpu_check.sh sets it)
 from closerlook import curves as C  # noqa: E402
 from closerlook import data, devices, models  # noqa: E402
 from closerlook import similarity as S  # noqa: E402

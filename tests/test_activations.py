@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from closerlook import activations as A
+from closerlook.data import probe_fingerprint
 from closerlook.io import CheckpointError
 
 LAYERS = {"stem": "relu", "block1": "layer1.0", "block4": "layer4.1", "fc": "fc"}
@@ -73,7 +74,7 @@ def test_bad_layer_and_mode(model, images):
 
 def test_store_roundtrip_and_streaming(model, images, tmp_path):
     acts = A.capture(model, LAYERS, images, batch_size=4, mean=MEAN, std=STD)
-    meta = {"checkpoint": "runs/x/final.pt", "probe_fingerprint": A.probe_fingerprint(images), "mode": "pool"}
+    meta = {"checkpoint": "runs/x/final.pt", "probe_fingerprint": probe_fingerprint(images), "mode": "pool"}
     A.save_store(tmp_path / "s1", acts, meta)
     loaded, m = A.load_store(tmp_path / "s1")
     assert list(loaded) == list(LAYERS)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from closerlook import config as C
+from closerlook import paths as P
 from closerlook.io import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def demo():
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = C.load_config(REPO / "config" / name)
-    assert set(C.figure_names(cfg)) == set(C.FIGURE_NAMES)
+    assert set(C.figure_names(cfg)) == set(P.FIGURES)
 
 
 def test_run_spec_merges_defaults_shallowly(demo):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from closerlook import curves as C
+from closerlook import landscape as L
 from closerlook.io import load_checkpoint, save_checkpoint
 
 
@@ -111,7 +112,7 @@ def test_gradients_reach_only_bends():
         assert not buf.requires_grad, name
     assert all(p.grad is None for p in net.parameters())
     # endpoints untouched by the training-mode BN forward
-    assert torch.equal(curve.start_buffers, C._Layout(net).flat_fbufs(a))  # exact: a copy
+    assert torch.equal(curve.start_buffers, C.Layout(net).flat_fbufs(a))  # exact: a copy
     # at t = 0 the output does not depend on anything trainable (bend coefficients are 0)
     assert not curve(x, 0.0).requires_grad
 
@@ -123,7 +124,7 @@ def _set_bends(curve, seed):
 
 
 def _controls(curve):
-    return [C.flat_parameters(curve.module, cp, dtype=torch.float64) for cp in curve.control_points()]
+    return [L.flat_parameters(curve.module, cp, dtype=torch.float64) for cp in curve.control_points()]
 
 
 @pytest.mark.parametrize("k", [3, 4, 6])
@@ -171,7 +172,7 @@ def test_coefficients_sum_to_one_and_line():
     assert ln.kind == "line" and ln.path_label == "line" and ln.num_bends == 2
     assert len(list(ln.parameters())) == 1 and ln.bends.numel() == 0
     assert torch.equal(C.line(a, b, net).flat_params_at(0.3), ln.flat_params_at(0.3))  # exact: same ops, same process
-    la, lb = C.flat_parameters(net, a), C.flat_parameters(net, b)
+    la, lb = L.flat_parameters(net, a), L.flat_parameters(net, b)
     assert torch.allclose(ln.flat_params_at(0.4).double(), 0.6 * la + 0.4 * lb, atol=1e-6)
     # a Bezier with bends left on the line is the line
     bz = C.Curve(net, a, b, kind="bezier", num_bends=3)
@@ -222,7 +223,7 @@ def test_bn_recompute_equals_update_bn():
         state = curve.weights_at(0.3)
         ref = small_net(bn=True)
         ref.load_state_dict(state)
-        used = C.recompute_bn(net, state, loader)
+        used = L.recompute_bn(net, state, loader)
     assert used == 3
     torch.optim.swa_utils.update_bn([(xb, yb) for xb, yb in loader.batches(0)], ref)
     for k, v in ref.state_dict().items():
@@ -232,7 +233,7 @@ def test_bn_recompute_equals_update_bn():
     assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))  # exact: the saved value is put back
     # bn_batches: the first n batches only
     state2 = curve.weights_at(0.3)
-    C.recompute_bn(net, state2, loader, num_batches=1)
+    L.recompute_bn(net, state2, loader, num_batches=1)
     ref2 = small_net(bn=True)
     ref2.load_state_dict(curve.weights_at(0.3))
     torch.optim.swa_utils.update_bn([next(iter(loader.batches(0)))], ref2)
@@ -246,8 +247,8 @@ def test_evaluate_path_matches_plain_evaluation_at_endpoints():
     xt, yt = synth_data(32, seed=5)
     tr, te = TensorLoader(x, y, 20), TensorLoader(xt, yt, 20)
     ln = C.line(net, a, b)
-    df = C.evaluate_path(ln, tr, te, ts=5)
-    assert list(df.columns) == C.PATH_COLUMNS
+    df = L.evaluate_path(ln, tr, te, ts=5)
+    assert list(df.columns) == L.PATH_COLUMNS
     assert df["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert (df["path"] == "line").all() and (df["status"] == "ok").all()
     for row, sd in ((0, a), (4, b)):
@@ -272,7 +273,7 @@ def test_evaluate_path_bn_equals_naive_update_bn():
     _set_bends(curve, 9)
     x, y = synth_data(40, seed=6)
     tr = TensorLoader(x, y, 16)
-    df = C.evaluate_path(curve, tr, None, ts=[0.0, 0.6])
+    df = L.evaluate_path(curve, tr, None, ts=[0.0, 0.6])
     assert (df["path"] == "curve").all() and df["test_loss"].isna().all()
     for i, t in enumerate([0.0, 0.6]):
         ref = small_net(bn=True)
@@ -296,11 +297,11 @@ def test_torchvision_resnet18_unmodified():
     assert all(torch.equal(w0[k], a[k]) for k in a)  # exact: t = 0 coefficients are 1 and 0
     x, y = synth_data(8, seed=7, size=16, channels=3)
     loader = TensorLoader(x, y, 4)
-    df = C.evaluate_path(curve, loader, loader, ts=[0.0, 0.5, 1.0])
+    df = L.evaluate_path(curve, loader, loader, ts=[0.0, 0.5, 1.0])
     assert df[["train_loss", "test_loss", "train_acc"]].notna().all().all()
     assert np.isfinite(df["train_loss"]).all()
     state = curve.weights_at(0.5)
-    C.recompute_bn(net, state, loader)
+    L.recompute_bn(net, state, loader)
     ref = torchvision.models.resnet18(num_classes=10, weights=None)
     ref.load_state_dict(curve.weights_at(0.5))
     torch.optim.swa_utils.update_bn([(xb, yb) for xb, yb in loader.batches(0)], ref)
@@ -317,10 +318,10 @@ def test_torchvision_resnet18_unmodified():
 def test_plane_basis_and_projections():
     net = small_net(bn=True)
     w1, w2, th = (trained_like_state(net, s) for s in (1, 2, 3))
-    basis = C.plane_basis(net, w1, w2, th)
+    basis = L.plane_basis(net, w1, w2, th)
     assert abs(basis.u.norm().item() - 1) < 1e-10 and abs(basis.v.norm().item() - 1) < 1e-10
     assert abs(torch.dot(basis.u, basis.v).item()) < 1e-10
-    v1, v2, v3 = (C.flat_parameters(net, s) for s in (w1, w2, th))
+    v1, v2, v3 = (L.flat_parameters(net, s) for s in (w1, w2, th))
     pu, pv, d, rel = basis.coords(v1)
     assert (pu, pv, d, rel) == (0.0, 0.0, 0.0, 0.0)  # exact: w1 - origin is x - x == 0
     pu, pv, d, rel = basis.coords(v2)
@@ -340,10 +341,10 @@ def test_plane_grid_tables():
     w1, w2, th, extra = (trained_like_state(net, s) for s in (1, 2, 3, 4))
     x, y = synth_data(24, seed=8)
     loader = TensorLoader(x, y, 12)
-    grid, pts = C.plane_grid(net, w1, w2, th, loader, loader, grid_points=(3, 2), margin=0.1,
+    grid, pts = L.plane_grid(net, w1, w2, th, loader, loader, grid_points=(3, 2), margin=0.1,
                              checkpoints={"epoch74": extra})
-    assert list(grid.columns) == C.GRID_COLUMNS and len(grid) == 6
-    assert list(pts.columns) == C.POINT_COLUMNS
+    assert list(grid.columns) == L.GRID_COLUMNS and len(grid) == 6
+    assert list(pts.columns) == L.POINT_COLUMNS
     assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch74"]
     assert (pts["distance"][:3] < 1e-8).all() and pts.loc[3, "distance"] > 0
     assert 0 < pts.loc[3, "rel_distance"] <= 1
@@ -351,20 +352,20 @@ def test_plane_grid_tables():
     d = (pts.loc[1, "u"] - pts.loc[0, "u"])
     assert grid["u"].min() == pytest.approx(min(0.0, pts.loc[2, "u"]) - 0.1 * (max(d, pts.loc[2, "u"]) - min(0.0, pts.loc[2, "u"])))
     # anchors' coordinates are exact, not projected residuals (~1e-17 of either sign on another CPU)
-    d = (C.flat_parameters(net, w2) - C.flat_parameters(net, w1)).norm().item()
+    d = (L.flat_parameters(net, w2) - L.flat_parameters(net, w1)).norm().item()
     assert pts.loc[0, ["u", "v", "distance"]].tolist() == [0.0, 0.0, 0.0]  # exact: set, not computed
     assert pts.loc[1, "v"] == 0.0 and pts.loc[1, "u"] == pytest.approx(d, rel=1e-12)  # exact: set, not computed
     # the promise: with margin 0 and the bend at u >= 0, w1 is a grid point, and it reproduces
     # w1's loss on the line (BN recomputed on the same data either way)
     assert pts.loc[2, "u"] >= 0
-    g2, p2 = C.plane_grid(net, w1, w2, th, loader, None, grid_points=2, margin=0.0)
-    ln = C.evaluate_path(C.line(net, w1, w2), loader, None, ts=[0.0])
+    g2, p2 = L.plane_grid(net, w1, w2, th, loader, None, grid_points=2, margin=0.0)
+    ln = L.evaluate_path(C.line(net, w1, w2), loader, None, ts=[0.0])
     row = g2[(g2["u"] == 0.0) & (g2["v"] == 0.0)]  # exact: linspace starts at exactly min(0.0, ...) = 0.0
     assert len(row) == 1
     # same weights (origin + 0 * u + 0 * v == origin exactly), same ops: float32 BN/forward, rel 1e-5
     assert row["train_loss"].item() == pytest.approx(ln.loc[0, "train_loss"], rel=1e-5)
     with pytest.raises(C.CurveError, match="identical"):
-        C.plane_basis(net, w1, w1, th)
+        L.plane_basis(net, w1, w1, th)
 
 
 # --------------------------------------------------------------------------- fitting, resume, checkpoints
@@ -426,9 +427,9 @@ def test_fit_lowers_loss_along_curve():
     b = {k: torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}
     curve = C.Curve(net, a, b, kind="bezier", num_bends=3)
     loader = TensorLoader(x, y, 20, shuffle=True)
-    before = C.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
+    before = L.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
     C.fit_curve(curve, loader, epochs=15, lr=0.05, wd=0.0, seed=0)
-    after = C.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
+    after = L.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
     assert after < before, (before, after)
 
 
@@ -455,7 +456,7 @@ def test_cli_diverged_endpoint_writes_nan_tables(tmp_path):
     assert C.main(["evaluate", "--start", str(ok), "--end", str(bad), "--out", str(out), "--points", "7",
                    "--data", "fashion_mnist", "--quiet"]) == 0
     df = pd.read_csv(out)
-    assert list(df.columns) == C.PATH_COLUMNS and len(df) == 7
+    assert list(df.columns) == L.PATH_COLUMNS and len(df) == 7
     assert (df["status"] == "diverged").all() and df["train_loss"].isna().all() and (df["path"] == "line").all()
     assert C.main(["fit", "--start", str(bad), "--end", str(ok), "--out", str(tmp_path / "fit"), "--epochs", "1",
                    "--data", "fashion_mnist", "--quiet"]) == 0
@@ -499,7 +500,7 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
         assert C.main(["evaluate", "--start", paths[0], "--end", paths[1], "--out", str(out), "--points", "3",
                        "--eval-train-images", "30", *extra, *dargs]) == 0
         df = pd.read_csv(out)
-        assert list(df.columns) == C.PATH_COLUMNS and len(df) == 3 and (df["path"] == label).all()
+        assert list(df.columns) == L.PATH_COLUMNS and len(df) == 3 and (df["path"] == label).all()
         assert df[["train_loss", "test_loss"]].notna().all().all() and (df["status"] == "ok").all()
     c_df, l_df = pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "line.csv")
     assert c_df.loc[0, "train_loss"] == pytest.approx(l_df.loc[0, "train_loss"], rel=1e-6)
@@ -511,7 +512,7 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
                    "--project", paths[2], "--labels", "epoch3", "--out-dir", str(pl), "--grid-points", "3", "2", "--margin", "0.2",
                    "--eval-train-images", "30", "--bn-batches", "1", *dargs]) == 0
     grid, pts = pd.read_csv(pl / "grid.csv"), pd.read_csv(pl / "points.csv")
-    assert list(grid.columns) == C.GRID_COLUMNS and len(grid) == 6
+    assert list(grid.columns) == L.GRID_COLUMNS and len(grid) == 6
     assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch3"]
     assert (pts["distance"][:3] < 1e-6).all() and pts.loc[3, "distance"] > 0
 
@@ -523,13 +524,13 @@ def test_cli_data_spec_file(tmp_path):
     f.write_text("name: x\ndata: {name: fashion_mnist, train_per_class: 100, subset_seed: 3}\nbatch_size: 50\n")
     ns = argparse.Namespace(spec=str(f), data=None, root="/r", cache_dir=None, train_per_class=None,
                             test_per_class=20, subset_seed=None)
-    d = C._data_spec(ns)
+    d, _ = C._data_spec(ns)
     assert d == {"name": "fashion_mnist", "train_per_class": 100, "subset_seed": 3, "root": "/r",
                  "test_per_class": 20}
     g = tmp_path / "data.json"
     g.write_text('{"name": "cifar10", "train_per_class": 5}')
     ns.spec, ns.root, ns.test_per_class = str(g), None, None
-    assert C._data_spec(ns) == {"name": "cifar10", "train_per_class": 5}
+    assert C._data_spec(ns)[0] == {"name": "cifar10", "train_per_class": 5}
     ns.spec = str(tmp_path / "missing.yaml")
     with pytest.raises(C.ConfigError, match="does not exist"):
         C._data_spec(ns)

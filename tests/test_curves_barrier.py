@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from closerlook import curves as C
+from closerlook import landscape as L
 from closerlook.data import DeviceLoader, load_split, stratified_subset
 from testkit import THREADS
 
@@ -77,14 +78,14 @@ def test_line_barrier_and_fitted_curve(fmnist_dir, data_cache):
     te_eval = DeviceLoader(xte, yte, 500, augment=False, shuffle=False, seed=0, **kw)
     module = _model(0)
     ln = C.line(module, ends[0], ends[1])
-    line_df = C.evaluate_path(ln, tr_eval, te_eval, ts=POINTS)
+    line_df = L.evaluate_path(ln, tr_eval, te_eval, ts=POINTS)
 
     curve = C.Curve(module, ends[0], ends[1], kind="bezier", num_bends=3)
     fit_loader = DeviceLoader(xtr, ytr, BATCH, augment=False, shuffle=True, seed=3, **kw)
     t1 = time.perf_counter()
     C.fit_curve(curve, fit_loader, epochs=3, lr=0.05, wd=5e-4, seed=0)
     t_fit = time.perf_counter() - t1
-    curve_df = C.evaluate_path(curve, tr_eval, te_eval, ts=POINTS)
+    curve_df = L.evaluate_path(curve, tr_eval, te_eval, ts=POINTS)
 
     ends_loss = max(line_df["train_loss"].iloc[0], line_df["train_loss"].iloc[-1])
     line_peak = line_df["train_loss"].max() - ends_loss

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closerlook import figures
+from closerlook import figures, tables
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
 T = np.linspace(0, 1, 9)
@@ -276,7 +276,7 @@ def test_missing_files_and_measures_are_noted(tmp_path):
 
 
 def test_lr_from_spec_matches_schedule(world):
-    m, _ = figures.read_table(world["fig4_warmup"]["metrics"]["LB warmup"]["seed0"])
+    m, _ = tables.read_table(world["fig4_warmup"]["metrics"]["LB warmup"]["seed0"])
     assert figures.iters_per_epoch(m) == 8
     its, lrs, src = figures.lr_series(world["fig4_warmup"]["specs"]["LB warmup"], m)
     assert src == "schedule" and its[0] == 0 and len(its) == 56
@@ -289,4 +289,4 @@ def test_plane_helpers():
     b = figures.bezier([0, 0], [0.5, 1.0], [1, 0], n=3)
     assert np.allclose(b, [[0, 0], [0.5, 0.5], [1, 0]])
     df = pd.DataFrame({"t": T, "train_loss": 0.3 + 0.7 * 4 * T * (1 - T)})
-    assert figures.path_barrier(df) == pytest.approx(0.7)
+    assert tables.path_barrier(df) == pytest.approx(0.7)

@@ -75,9 +75,6 @@ def test_two_local_snakemake_gpu_jobs_take_different_devices(tmp_path):
     locks = tmp_path / "locks"
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO / 'src')!r})
-
         rule all:
             input: expand("dev{{i}}.txt", i=[1, 2])
 

@@ -113,10 +113,10 @@ def test_outputs_of_another_spec_are_not_trusted(fmnist_dir, data_cache, tmp_pat
     out = tmp_path / "o"
     # a finished run of another spec in the same directory, plus a foreign resume.pt
     train_run(dict(spec, seed=99), out, progress=None)
-    io.atomic_torch_save({"format": "closerlook-resume/1", "spec_hash": "0" * 16}, out / "resume.pt")
+    io.atomic_torch_save({"format": "closerlook-resume/1", "key": "0" * 16}, out / "resume.pt")
     msgs = []
     train_run(spec, out, progress=msgs.append)
-    assert any("another spec" in m for m in msgs) and not any("already complete" in m for m in msgs)
+    assert any("other settings" in m for m in msgs) and not any("already complete" in m for m in msgs)
     ref = tmp_path / "ref"
     train_run(spec, ref, progress=None)
     for f in ("final.pt", "epoch1.pt", "iter0.pt"):

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from closerlook import io
 from closerlook.io import ConfigError
 from testkit import THREADS
-from closerlook.train import (METRICS_COLUMNS, accumulate_gradients, distillation_loss, main, resolve_freeze,
-                              train_run, validate_run_spec)
+from closerlook.models import resolve_freeze
+from closerlook.spec import validate_run_spec
+from closerlook.tables import METRICS_COLUMNS
+from closerlook.train import accumulate_gradients, distillation_loss, main, train_run
 
 
 @pytest.fixture()

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -28,10 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import probe_fingerprint
 from .io import CheckpointError, atomic_path, atomic_write_json
 
 STORE_FORMAT = "closerlook-activations/1"
 MODES = ("pool", "full", "subsample")
+# the workflow's capture settings (config `activations:`): spatial mean of conv outputs, 16 positions
+# per image when subsampling, 500 probe images per forward batch, float32 stores
+CAPTURE_DEFAULTS = {"mode": "pool", "subsample": 16, "batch_size": 500, "dtype": "float32"}
 _POS_BLOCK = 1024
 
 
@@ -52,14 +55,6 @@ def resolve_layers(model: nn.Module, layers: Mapping[str, str] | Sequence[str] |
     if not out:
         raise ValueError("no layers to capture")
     return out
-
-
-def probe_fingerprint(images: torch.Tensor | np.ndarray) -> str:
-    """sha256 of the probe images' dtype, shape and bytes (first 16 hex digits)."""
-    arr = images.detach().cpu().contiguous().numpy() if isinstance(images, torch.Tensor) else np.ascontiguousarray(images)
-    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()[:16]
 
 
 def _positions(seed: int, start: int, stop: int, hw: int, k: int) -> np.ndarray:

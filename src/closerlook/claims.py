@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .figures import ANCHORS, path_barrier, plane_arrays, read_table
+from .tables import ANCHORS, epoch_key, path_barrier, plane_arrays, read_table
 from .io import atomic_write_json, atomic_write_text
 
 CLAIMS = {
@@ -89,10 +89,6 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, 6) if math.isfinite(f) else None
-
-
-def _ok(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float, np.floating)) and math.isfinite(float(x))
 
 
 class _Acc:
@@ -220,11 +216,6 @@ def bilinear(U: np.ndarray, V: np.ndarray, Z: np.ndarray, u: float, v: float) ->
     return float(z)
 
 
-def _epoch_key(label: str) -> tuple[float, str]:
-    m = re.search(r"(-?\d+(?:\.\d+)?)", str(label))
-    return (float(m.group(1)) if m else math.inf, str(label))
-
-
 def _plane_one(layout: Mapping, rules: Mapping, where: str, acc: _Acc) -> dict:
     factor, cclose = float(rules["plane_high_loss_factor"]), float(rules["curve_close_nats"])
     grid, gp = read_table(layout.get("grid"))
@@ -246,7 +237,7 @@ def _plane_one(layout: Mapping, rules: Mapping, where: str, acc: _Acc) -> dict:
     w1, w2 = anchors["w1"][0], anchors["w2"][0]
     L1, L2 = bilinear(U, V, Z, *w1), bilinear(U, V, Z, *w2)
     traj = pts[~pts["label"].isin(ANCHORS)]
-    traj = traj.iloc[sorted(range(len(traj)), key=lambda i: _epoch_key(traj["label"].iloc[i]))]
+    traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
     scale = float(np.hypot(*(w2 - w1))) or 1.0
     tol = 1e-3 * scale
     per_point, inter = {}, []

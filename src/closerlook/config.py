@@ -24,57 +24,25 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import paths
 from .io import ConfigError
+from .spec import DISTILL_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# a run's settings when neither it nor `defaults` gives them: the engine's own (closerlook.spec.DEFAULTS),
+# except what every run must state, plus `seeds`
+_REQUIRED = ("model", "optimizer", "schedule", "epochs", "batch_size")
+
 
 def _run_defaults() -> dict[str, Any]:
-    """Settings a run takes when neither it nor ``defaults`` gives them: the
-    engine's own defaults (closerlook.train.DEFAULTS) plus ``seeds``. Keys of a
-    run replace the default wholesale (no deep merge: an Adam run must not
-    inherit SGD's momentum)."""
-    from .train import DEFAULTS
+    """Keys of a run replace the default wholesale (no deep merge: an Adam run must not inherit SGD's momentum)."""
+    from .spec import DEFAULTS
 
-    required = ("name", "seed", "data", "model", "optimizer", "schedule", "epochs", "batch_size")
-    out = {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in required}
+    out = {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in ("name", "seed", "data", *_REQUIRED)}
     out["seeds"] = [0]
     return out
-
-
-CURVE_DEFAULTS: dict[str, Any] = {
-    "kind": "bezier",
-    "num_bends": 3,
-    "epochs": 10,
-    "lr": 0.015,
-    "weight_decay": 5.0e-4,
-    "batch_size": 128,
-    "points": 61,
-    "t_per_batch": 1,
-    "eval_train_images": None,
-    "bn_batches": None,
-    "augment": False,
-}
-PLANE_DEFAULTS: dict[str, Any] = {"grid": [21, 21], "margin": 0.2, "eval_train_images": None, "bn_batches": None}
-ACTIVATION_DEFAULTS: dict[str, Any] = {"mode": "pool", "subsample": 16, "batch_size": 500, "dtype": "float32"}
-SIMILARITY_DEFAULTS: dict[str, Any] = {
-    "measures": ["cca_mean", "cca_mean98", "svcca", "linear_cka"],
-    "chance": True,
-    "comparisons": {},
-}
-FIGURE_NAMES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
-CLAIM_DEFAULTS: dict[str, Any] = {
-    "barrier_min_nats": 0.1,
-    "curve_close_nats": 0.1,
-    "plane_high_loss_factor": 2.0,
-    "robust_min_acc_ratio": 0.9,
-    "deep_layers": 3,
-    "shallow_max_spread": 0.05,
-    "deep_min_gap": 0.05,
-    "acc_min_gap": 0.005,
-    "freeze_close_frac": 0.5,
-}
 
 
 # --------------------------------------------------------------------------- loading
@@ -193,7 +161,7 @@ def resolve_run(cfg: dict, name: str) -> dict:
     run = _run_defaults()
     run.update(copy.deepcopy(cfg.get("defaults") or {}))
     run.update(copy.deepcopy(cfg["runs"][name] or {}))
-    for req in ("model", "optimizer", "schedule", "epochs", "batch_size"):
+    for req in _REQUIRED:
         if req not in run:
             raise ConfigError(f"config key runs.{name}.{req}: missing (set it in the run or in defaults)")
     run["checkpoints"] = {"epochs": list(run["checkpoints"].get("epochs") or []),
@@ -205,8 +173,14 @@ def data_spec(cfg: dict) -> dict:
     d = dict(cfg["data"])
     d.pop("probe_size", None)
     d.pop("download", None)  # only the data-preparation job downloads
-    d.setdefault("cache_dir", "resources/data")
+    d.setdefault("cache_dir", paths.DATA_CACHE_DIR)
     return d
+
+
+def probe_size(cfg: dict) -> int:
+    from .data import PROBE_SIZE
+
+    return int(cfg["data"].get("probe_size", PROBE_SIZE))
 
 
 def checkpoint_tags(run: dict) -> list[str]:
@@ -216,15 +190,15 @@ def checkpoint_tags(run: dict) -> list[str]:
 
 
 def results_dir(cfg: dict) -> str:
-    return f"results/{cfg['name']}"
-
-
-def run_dir(cfg: dict, run: str, seed: int | str) -> str:
-    return f"{results_dir(cfg)}/runs/{run}/seed{seed}"
+    return paths.results_dir(cfg["name"])
 
 
 def ckpt_path(cfg: dict, ep: Endpoint) -> str:
-    return f"{run_dir(cfg, ep.run, ep.seed)}/{ep.tag}.pt"
+    return paths.checkpoint(results_dir(cfg), ep.run, ep.seed, ep.tag)
+
+
+def activation_dir(cfg: dict, ep: Endpoint) -> str:
+    return paths.activation_dir(results_dir(cfg), ep.run, ep.seed, ep.tag)
 
 
 def teacher_endpoint(cfg: dict, run_name: str, seed: int) -> Endpoint | None:
@@ -247,9 +221,7 @@ def run_spec(cfg: dict, name: str, seed: int) -> dict:
         t = teacher_endpoint(cfg, name, seed)
         d = dict(run["distill"])
         d["teacher"] = ckpt_path(cfg, t)
-        d.setdefault("temperature", 4.0)
-        d.setdefault("alpha", 0.9)
-        spec["distill"] = d
+        spec["distill"] = {**DISTILL_DEFAULTS, **d}
     return spec
 
 
@@ -279,7 +251,12 @@ def pair_instances(cfg: dict, a: dict, b: dict, key: str, sides: tuple[str, str]
 
 
 def curve_settings(cfg: dict, name: str) -> dict:
-    c = copy.deepcopy(CURVE_DEFAULTS)
+    """Fitting (closerlook.curves.FIT_DEFAULTS) and evaluation (closerlook.landscape.PATH_DEFAULTS)
+    settings of a curve: built-in < ``curve_defaults`` < the curve's own keys."""
+    from .curves import FIT_DEFAULTS
+    from .landscape import PATH_DEFAULTS
+
+    c = copy.deepcopy({**FIT_DEFAULTS, **PATH_DEFAULTS})
     c.update(copy.deepcopy(cfg.get("curve_defaults") or {}))
     c.update(copy.deepcopy(cfg.get("curves", {})[name]))
     return c
@@ -291,6 +268,8 @@ def curve_instances(cfg: dict, name: str) -> dict[str, tuple[Endpoint, Endpoint]
 
 
 def plane_settings(cfg: dict, name: str) -> dict:
+    from .landscape import PLANE_DEFAULTS
+
     p = copy.deepcopy(PLANE_DEFAULTS)
     p.update(copy.deepcopy(cfg["planes"][name]))
     return p
@@ -308,13 +287,17 @@ def plane_projection(cfg: dict, name: str, inst: str) -> list[Endpoint]:
 
 
 def activation_settings(cfg: dict) -> dict:
-    a = copy.deepcopy(ACTIVATION_DEFAULTS)
+    from .activations import CAPTURE_DEFAULTS
+
+    a = copy.deepcopy(CAPTURE_DEFAULTS)
     a.update(copy.deepcopy(cfg.get("activations") or {}))
     return a
 
 
 def similarity_settings(cfg: dict) -> dict:
-    s = copy.deepcopy(SIMILARITY_DEFAULTS)
+    from .similarity import COMPARISON_DEFAULTS
+
+    s = copy.deepcopy({**COMPARISON_DEFAULTS, "comparisons": {}})
     s.update(copy.deepcopy(cfg.get("similarity") or {}))
     return s
 
@@ -325,14 +308,22 @@ def comparison_instances(cfg: dict, name: str) -> dict[str, tuple[Endpoint, Endp
 
 
 def claim_rules(cfg: dict) -> dict:
-    r = dict(CLAIM_DEFAULTS)
-    r.update(cfg.get("claims") or {})
-    return r
+    """The config's claim thresholds; closerlook.claims.DEFAULT_RULES fills the rest."""
+    return dict(cfg.get("claims") or {})
 
 
 def figure_names(cfg: dict) -> list[str]:
     figs = cfg.get("figures") or {}
-    return [f for f in FIGURE_NAMES if f in figs]
+    return [f for f in paths.FIGURES if f in figs]
+
+
+def figure_formats(cfg: dict) -> list[str]:
+    return list((cfg.get("figures") or {}).get("format", paths.FIGURE_FORMATS))
+
+
+def figure_files(cfg: dict, fig: str) -> list[str]:
+    """Every file of one figure, one per configured format."""
+    return [paths.figure_file(results_dir(cfg), fig, ext) for ext in figure_formats(cfg)]
 
 
 # --------------------------------------------------------------------------- semantic checks
@@ -363,11 +354,9 @@ def _same_arch(cfg: dict, a: Endpoint, b: Endpoint, key: str) -> None:
 
 def validate_config(cfg: dict) -> None:
     """Schema, then cross-references. Raises ConfigError naming the key."""
+    from .spec import validate_run_spec
+
     validate_schema(cfg)
-    try:
-        from .train import validate_run_spec
-    except ImportError:  # engine not importable: schema checks only
-        validate_run_spec = None
 
     for name in cfg["runs"]:
         run = resolve_run(cfg, name)
@@ -376,19 +365,16 @@ def validate_config(cfg: dict) -> None:
         for e in ck["epochs"]:
             if e > run["epochs"]:
                 raise ConfigError(f"config key {key}.checkpoints.epochs: epoch {e} is beyond the run's {run['epochs']} epochs")
-        if run.get("freeze"):
-            pass  # group names checked by the engine against the model
         for seed in run["seeds"]:
             if run.get("distill"):
                 t = teacher_endpoint(cfg, name, seed)
                 _check_endpoint(cfg, t, f"{key}.distill.teacher")
                 if t.run == name:
                     raise ConfigError(f"config key {key}.distill.teacher: a run cannot be its own teacher")
-            if validate_run_spec is not None:
-                try:
-                    validate_run_spec(run_spec(cfg, name, seed))
-                except ConfigError as exc:
-                    raise ConfigError(f"config key {key}: {exc}") from exc
+            try:
+                validate_run_spec(run_spec(cfg, name, seed))
+            except ConfigError as exc:
+                raise ConfigError(f"config key {key}: {exc}") from exc
     _check_teacher_cycles(cfg)
 
     for name in cfg.get("curves") or {}:
@@ -456,71 +442,66 @@ def _check_figures(cfg: dict, sim: dict) -> None:
 
 
 # --------------------------------------------------------------------------- figure inputs
-def _flatten(tree: Any) -> list[str]:
-    if isinstance(tree, dict):  # "specs" hold run settings, not input files
-        return [p for k, v in tree.items() if k != "specs" for p in _flatten(v)]
-    if isinstance(tree, (list, tuple)):
-        return [p for v in tree for p in _flatten(v)]
-    return [tree] if isinstance(tree, str) and tree.startswith(results_dir_prefix()) else []
+class _Inputs:
+    """Builds a figure's layout (nested dicts of paths) and records every file it names."""
 
+    def __init__(self, cfg: dict) -> None:
+        self.cfg, self.R, self.files = cfg, results_dir(cfg), set()
 
-def results_dir_prefix() -> str:
-    return "results/"
+    def file(self, path: str) -> str:
+        self.files.add(path)
+        return path
 
+    def metrics(self, run: str) -> dict[str, str]:
+        return {f"seed{s}": self.file(paths.run_metrics(self.R, run, s)) for s in resolve_run(self.cfg, run)["seeds"]}
 
-def _run_metrics(cfg: dict, run: str) -> dict[str, str]:
-    return {f"seed{s}": f"{run_dir(cfg, run, s)}/metrics.csv" for s in resolve_run(cfg, run)["seeds"]}
+    def pairs(self, curves: Iterable[str]) -> dict:
+        return {c: {inst: {k: self.file(paths.path_table(self.R, c, inst, k)) for k in ("curve", "line")}
+                    for inst in curve_instances(self.cfg, c)}
+                for c in curves}
 
-
-def _pairs(cfg: dict, curves: Iterable[str]) -> dict:
-    R = results_dir(cfg)
-    return {
-        c: {inst: {"curve": f"{R}/curves/{c}/{inst}/curve.csv", "line": f"{R}/curves/{c}/{inst}/line.csv"}
-            for inst in curve_instances(cfg, c)}
-        for c in curves
-    }
-
-
-def _spec_for_figure(cfg: dict, run: str) -> dict:
-    return run_spec(cfg, run, resolve_run(cfg, run)["seeds"][0])
+    def spec(self, run: str) -> dict:
+        return run_spec(self.cfg, run, resolve_run(self.cfg, run)["seeds"][0])
 
 
 def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
     """The nested dict of input paths a figure (and the claims) reads, and its flat file list."""
-    R = results_dir(cfg)
+    inp = _Inputs(cfg)
     f = (cfg.get("figures") or {})[fig]
     if fig == "fig1_robustness":
-        layout = {"curves": _pairs(cfg, f["curves"])}
+        layout = {"curves": inp.pairs(f["curves"])}
     elif fig == "fig2_sgdr":
         layout = {
-            "metrics": {"SGDR": _run_metrics(cfg, f["sgdr_run"]), "SGD": _run_metrics(cfg, f["sgd_run"])},
-            "specs": {"SGDR": _spec_for_figure(cfg, f["sgdr_run"]), "SGD": _spec_for_figure(cfg, f["sgd_run"])},
-            "sgdr_pairs": _pairs(cfg, f["sgdr_curves"]),
-            "sgd_pairs": _pairs(cfg, f["sgd_curves"]),
-            "reference_pairs": _pairs(cfg, f.get("reference_curves", [])),
+            "metrics": {"SGDR": inp.metrics(f["sgdr_run"]), "SGD": inp.metrics(f["sgd_run"])},
+            "specs": {"SGDR": inp.spec(f["sgdr_run"]), "SGD": inp.spec(f["sgd_run"])},
+            "sgdr_pairs": inp.pairs(f["sgdr_curves"]),
+            "sgd_pairs": inp.pairs(f["sgd_curves"]),
+            "reference_pairs": inp.pairs(f.get("reference_curves", [])),
         }
     elif fig == "fig3_plane":
         plane = f["plane"]
         inst = next(iter(curve_instances(cfg, cfg["planes"][plane]["curve"])))
-        layout = {"grid": f"{R}/planes/{plane}/{inst}/grid.csv", "points": f"{R}/planes/{plane}/{inst}/points.csv"}
+        layout = {k: inp.file(paths.plane_file(inp.R, plane, inst, f"{k}.csv")) for k in ("grid", "points")}
     else:
-        sims = {label: {inst: f"{R}/similarity/{comp}/{inst}.csv" for inst in comparison_instances(cfg, comp)}
+        sims = {label: {inst: inp.file(paths.similarity_table(inp.R, comp, inst)) for inst in comparison_instances(cfg, comp)}
                 for label, comp in f["comparisons"].items()}
         runs = f.get("runs") or {
             label: similarity_settings(cfg)["comparisons"][comp]["b"]["run"] for label, comp in f["comparisons"].items()
         }
         layout = {
-            "metrics": {label: _run_metrics(cfg, run) for label, run in runs.items()},
-            "specs": {label: _spec_for_figure(cfg, run) for label, run in runs.items()},
+            "metrics": {label: inp.metrics(run) for label, run in runs.items()},
+            "specs": {label: inp.spec(run) for label, run in runs.items()},
             "similarity": sims,
             "measure": f.get("measure", "cca_mean"),
         }
-    return layout, sorted(set(_flatten(layout)))
+    return layout, sorted(inp.files)
 
 
 def figure_options(cfg: dict, fig: str) -> dict:
+    """The figure's own block, plus the output formats and (if set) the dpi of the ``figures`` block."""
     figs = cfg.get("figures") or {}
     opts = dict(figs[fig])
-    opts["format"] = figs.get("format", ["pdf", "png"])
-    opts["dpi"] = figs.get("dpi", 150)
+    opts["format"] = figure_formats(cfg)
+    if "dpi" in figs:
+        opts["dpi"] = figs["dpi"]
     return opts

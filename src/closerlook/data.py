@@ -59,6 +59,7 @@ DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_TORCHVISION_ROOT = Path("resources/data/torchvision")
 
 DATASET_NAMES = ("cifar10", "fashion_mnist", "imagefolder", "cifar10_jpeg")
+PROBE_SIZE = 1000  # images in the similarity probe set when a config does not say (data.probe_size)
 SPLITS = ("train", "test")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -143,10 +144,13 @@ def probe_set(images: torch.Tensor, n: int) -> torch.Tensor:
     return images[:n]
 
 
-def probe_fingerprint(images: torch.Tensor) -> str:
-    """Short sha256 (16 hex digits) of the raw bytes of a uint8 image tensor."""
-    arr = images.detach().cpu().contiguous().numpy()
-    return hashlib.sha256(arr.tobytes()).hexdigest()[:16]
+def probe_fingerprint(images: torch.Tensor | np.ndarray) -> str:
+    """sha256 of the probe images' dtype, shape and bytes (first 16 hex digits): the one recipe,
+    so ``data/info.json`` and every activation store name the same probe set alike."""
+    arr = images.detach().cpu().contiguous().numpy() if isinstance(images, torch.Tensor) else np.ascontiguousarray(images)
+    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:16]
 
 
 class DeviceLoader:
@@ -258,6 +262,14 @@ def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
     """An unaugmented, unshuffled loader (iterate it as often as needed)."""
     return DeviceLoader(images, labels, batch_size, mean=mean, std=std, augment=False, shuffle=False,
                         seed=0, device=device, drop_last=False, channels_last=channels_last)
+
+
+def batches_of(loader: Any, epoch: int = 0, start: int = 0) -> Iterator:
+    """The batches of one epoch from batch ``start``: a :class:`DeviceLoader`'s own replayable order, or
+    any iterable of (x, y) (e.g. a torch DataLoader) skipped to ``start``."""
+    if hasattr(loader, "batches"):
+        return loader.batches(epoch, start)
+    return (b for i, b in enumerate(loader) if i >= start)
 
 
 # ----------------------------------------------------------------------------- internals

@@ -169,10 +169,3 @@ def set_threads(threads: Any) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads: {threads!r} must be a positive integer or null")
     torch.set_num_threads(threads)
-
-
-def describe(device: torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"

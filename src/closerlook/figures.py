@@ -24,7 +24,6 @@ Every output is written through :func:`closerlook.io.atomic_path`.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,48 +40,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
+from .paths import FIGURE_FORMATS, FIGURES  # noqa: E402
+from .tables import ANCHORS, epoch_key, path_barrier, plane_arrays, read_table, read_tables  # noqa: E402
 
-FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
-ANCHORS = ("w1", "w2", "bend")
-DEFAULT_FORMATS = ("pdf", "png")
 DEFAULT_DPI = 150
 
 
-# --------------------------------------------------------------------------- tables
-
-
-def read_tables(paths: Mapping | None) -> tuple[list, list]:
-    """:func:`read_table` of every instance (sorted by name): ``(dfs, problems)``."""
-    pairs = [read_table(p) for _inst, p in sorted((paths or {}).items())]
-    return [d for d, _ in pairs], [q for _, q in pairs]
-
-
-def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
-    """Read one CSV table: ``(df, problem)``; problem is None, "diverged", "missing", "empty", "unreadable".
-
-    Numeric columns are coerced (non-numbers become NaN); ``status`` is kept as text.
-    A table is "diverged" when any row's status is ``diverged``. Never raises.
-    """
-    if path is None:
-        return None, "missing"
-    p = Path(path)
-    if not p.exists():
-        return None, "missing"
-    try:
-        df = pd.read_csv(p)
-    except pd.errors.EmptyDataError:
-        return None, "empty"
-    except Exception:  # noqa: BLE001 - a broken table must not stop the figure
-        return None, "unreadable"
-    if df.empty:
-        return df, "empty"
-    for col in df.columns:
-        if col not in ("status", "path", "label", "layer", "measure", "a", "b"):
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    problem = None
-    if "status" in df.columns and (df["status"].astype(str).str.lower() == "diverged").any():
-        problem = "diverged"
-    return df, problem
+# --------------------------------------------------------------------------- helpers
 
 
 def _decorate(label: str, problems: Sequence[str | None]) -> str:
@@ -239,17 +203,6 @@ def _path_tables(insts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict
             probs.append(prob)
             out[str(inst)][kind] = df
     return out, probs
-
-
-def path_barrier(df: pd.DataFrame | None, column: str = "train_loss") -> float:
-    """max over t of ``column`` minus the max of its two endpoint values (t = min, t = max)."""
-    if df is None or column not in df.columns or "t" not in df.columns or df.empty:
-        return float("nan")
-    d = df.sort_values("t")
-    y = d[column].to_numpy(dtype=float)
-    if not np.isfinite(y).all():
-        return float("nan")
-    return float(np.max(y) - max(y[0], y[-1]))
 
 
 def _draw_pairs(ax, pairs: Mapping[str, Any], column: str, title: str, colors=None, log=True) -> list[str]:
@@ -409,17 +362,6 @@ def _fmt(x: float) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
-def _epoch_key(label: str) -> tuple[float, str]:
-    m = re.search(r"(-?\d+(?:\.\d+)?)", str(label))
-    return (float(m.group(1)) if m else math.inf, str(label))
-
-
-def plane_arrays(grid: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u values, v values, Z[v, u]) from the long grid table."""
-    piv = grid.pivot_table(index="v", columns="u", values=column, aggfunc="mean", dropna=False)
-    return piv.columns.to_numpy(dtype=float), piv.index.to_numpy(dtype=float), piv.to_numpy(dtype=float)
-
-
 def bezier(p0, p1, p2, n: int = 101) -> np.ndarray:
     t = np.linspace(0.0, 1.0, n)[:, None]
     return (1 - t) ** 2 * np.asarray(p0) + 2 * t * (1 - t) * np.asarray(p1) + t ** 2 * np.asarray(p2)
@@ -439,7 +381,7 @@ def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
             if not r.empty and np.isfinite(r[["u", "v"]].to_numpy(dtype=float)).all():
                 anchors[a] = r[["u", "v"]].to_numpy(dtype=float)[0]
         traj = pts[~pts["label"].isin(ANCHORS)].copy()
-        traj = traj.iloc[sorted(range(len(traj)), key=lambda i: _epoch_key(traj["label"].iloc[i]))]
+        traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
         if "rel_distance" in traj.columns and np.isfinite(traj["rel_distance"].to_numpy(dtype=float)).any():
             max_rel = float(np.nanmax(traj["rel_distance"].to_numpy(dtype=float)))
     for ax, col, title in ((axes[0], "train_loss", "(a) train loss"), (axes[1], "test_loss", "(b) test (validation) loss")):
@@ -678,7 +620,7 @@ def make_figure(name: str, layout: Mapping, options: Mapping | None, outputs: Se
         if o.suffix:
             expanded.append(o)
         else:
-            expanded.extend(o.with_suffix("." + f) for f in options.get("format", DEFAULT_FORMATS))
+            expanded.extend(o.with_suffix("." + f) for f in options.get("format", FIGURE_FORMATS))
     fig = build_figure(name, layout, options)
     save_figure(fig, expanded, dpi=dpi)
     return fig

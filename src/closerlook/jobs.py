@@ -77,20 +77,3 @@ def publish(work_dir: str | os.PathLike, outputs) -> None:
         except OSError:
             shutil.copy2(src, tmp)
         os.replace(tmp, out)
-
-
-def data_args(data: dict) -> list[str]:
-    """Command-line flags of the data spec, for the library CLIs."""
-    out = ["--data", data["name"]]
-    for key in ("root", "cache_dir", "train_per_class", "test_per_class", "subset_seed"):
-        if data.get(key) is not None:
-            out += [f"--{key.replace('_', '-')}", str(data[key])]
-    return out
-
-
-def run_cli(main, argv: list[str]) -> None:
-    """Call a library CLI's ``main(argv)``; a non-zero status fails the job."""
-    print("args:", " ".join(argv), flush=True)
-    rc = main(argv)
-    if rc:
-        raise SystemExit(f"{getattr(main, '__module__', 'cli')} exited with status {rc}")

@@ -52,7 +52,8 @@ FC_HIDDEN = {"vgg11": 4096, "vgg16": 4096, "small_cnn": 256}
 
 # ----------------------------------------------------------------------------- spec
 
-def _normalise_spec(spec: dict) -> dict:
+def normalise_spec(spec: dict) -> dict:
+    """The model spec completed with its defaults; ConfigError naming a bad key."""
     if not isinstance(spec, dict):
         raise ConfigError(f"model: must be a mapping with at least 'name', got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -252,7 +253,7 @@ def _init_kaiming(model: nn.Module) -> None:
 
 def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Build the model named by ``spec`` (see the module docstring); ConfigError names a bad key."""
-    spec = _normalise_spec(spec)
+    spec = normalise_spec(spec)
     _check_dims(in_channels, num_classes, image_size)
     if spec["name"] == "resnet18":
         model = _build_resnet18(spec, in_channels, num_classes, image_size)
@@ -302,6 +303,22 @@ def parameter_groups(model: nn.Module) -> dict[str, list[str]]:
             continue
         (classifier if isinstance(m, nn.Linear) else features).append(f"{n}." if n else "")
     return {"classifier": classifier, "features": features}
+
+
+def resolve_freeze(model: nn.Module, groups) -> list[str]:
+    """Parameter names selected by group names (:func:`parameter_groups`) or raw name prefixes."""
+    named = [n for n, _ in model.named_parameters()]
+    table = parameter_groups(model)
+    selected: list[str] = []
+    for g in groups:
+        prefixes = table.get(g, [g])
+        hits = [n for n in named if any(n == p or n.startswith(p.rstrip(".") + ".") or (p.endswith(".") and n.startswith(p))
+                                         for p in prefixes)]
+        if not hits:
+            raise ConfigError(f"freeze.groups: {g!r} is neither a parameter group of this model "
+                              f"({', '.join(sorted(table)) or 'none'}) nor a prefix of any parameter name")
+        selected += [n for n in hits if n not in selected]
+    return selected
 
 
 def count_macs(model: nn.Module, input_shape) -> int:

@@ -182,11 +182,6 @@ def lr_at(spec: Mapping, iteration: int, iters_per_epoch: int, total_iters: int,
     return float(base_lr) * lr_factor(schedule, warmup, iteration, iters_per_epoch, total_iters, float(base_lr))
 
 
-def lr_curve(spec: Mapping, iters_per_epoch: int, total_iters: int, base_lr: float | None = None) -> list[float]:
-    """``lr_at`` for every iteration 0..total_iters-1 (for figures)."""
-    return [lr_at(spec, i, iters_per_epoch, total_iters, base_lr) for i in range(int(total_iters))]
-
-
 def make_scheduler(optimizer, spec: Mapping, iters_per_epoch: int, total_iters: int):
     """A ``torch.optim.lr_scheduler.LambdaLR`` stepping once per iteration.
 

@@ -84,9 +84,12 @@ __all__ = [
     "chance_baseline",
     "similarity_matrix",
     "layer_table",
+    "layer_rows",
 ]
 
 DEFAULT_RANK_TOL = {"float64": 1e-10, "float32": 1e-6}
+# the workflow's per-layer comparisons (config `similarity:`): measures computed, shuffle-chance column
+COMPARISON_DEFAULTS = {"measures": ["cca_mean", "cca_mean98", "svcca", "linear_cka"], "chance": True}
 _CHANCE_NOTE = (
     "unrelated random data with 64 neurons gives mean CCA 0.76 / 0.39 / 0.12 at "
     "1.5 / 5 / 50 datapoints per neuron (docs: ANCHORS.md); compare against "
@@ -805,6 +808,80 @@ def _as_4d(a: Any, name: str) -> Any:
     return a
 
 
+def _spectrum(a: Any, start: int, stop: int, h: int, w: int) -> Any:
+    """2-D DFT of images [start, stop), cut to the h x w overlapping low frequencies: (h*w, B, C)."""
+    b = a[start:stop]
+    if _is_torch(b):
+        torch = _torch()
+        f = torch.fft.fft2(b.to(torch.float64), dim=(2, 3))
+        ih = torch.as_tensor(_kept_freqs(b.shape[2], h), device=b.device)
+        iw = torch.as_tensor(_kept_freqs(b.shape[3], w), device=b.device)
+        f = f[:, :, ih][:, :, :, iw]
+        return f.permute(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1])
+    f = np.fft.fft2(np.asarray(b, dtype=np.float64), axes=(2, 3))
+    f = f[:, :, _kept_freqs(b.shape[2], h)][:, :, :, _kept_freqs(b.shape[3], w)]
+    return np.ascontiguousarray(f.transpose(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1]))
+
+
+def _conjugate_pairs(fh: np.ndarray, fw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rep, sel): each frequency's representative of its conjugate pair (f, -f), and the ones solved."""
+    h, w = len(fh), len(fw)
+    pos_h = {v: i for i, v in enumerate(fh)}
+    pos_w = {v: j for j, v in enumerate(fw)}
+    rep = np.empty(h * w, dtype=np.int64)
+    solve_list = []
+    for i in range(h):
+        for j in range(w):
+            k = i * w + j
+            pi, pj = pos_h.get(-fh[i]), pos_w.get(-fw[j])
+            partner = pi * w + pj if pi is not None and pj is not None else None
+            if partner is not None and partner < k:
+                rep[k] = partner
+            else:
+                rep[k] = k
+                solve_list.append(k)
+    return rep, np.asarray(solve_list)
+
+
+def _mean_spectrum(a: Any, h: int, w: int, sel: np.ndarray) -> Any:
+    """The spectrum of the mean image (= the mean spectrum), at the solved frequencies."""
+    mean = a.mean(0, keepdims=True) if not _is_torch(a) else a.to(_torch().float64).mean(0, keepdim=True)
+    return _spectrum(mean, 0, 1, h, w)[sel, 0]
+
+
+def _dft_scatter(x: Any, y: Any, h: int, w: int, sel: np.ndarray, batch_size: int, products: str):
+    """Centred complex scatter matrices (Sxx, Syy, Sxy) per solved frequency, accumulated over image batches."""
+    n, c1, c2 = x.shape[0], x.shape[1], y.shape[1]
+    mean_x, mean_y = _mean_spectrum(x, h, w, sel), _mean_spectrum(y, h, w, sel)
+    sxx = np.zeros((len(sel), c1, c1), np.complex128)
+    syy = np.zeros((len(sel), c2, c2), np.complex128)
+    sxy = np.zeros((len(sel), c1, c2), np.complex128)
+    sel_t = None
+    for start in range(0, n, batch_size):
+        fx, fy = _spectrum(x, start, start + batch_size, h, w), _spectrum(y, start, start + batch_size, h, w)
+        if _is_torch(fx):
+            torch = _torch()
+            if sel_t is None:
+                sel_t = torch.as_tensor(sel, device=fx.device)
+            cx = fx[sel_t] - torch.as_tensor(mean_x, device=fx.device)[:, None, :]
+            cy = fy[sel_t] - torch.as_tensor(mean_y, device=fy.device)[:, None, :]
+            if products == "float32":
+                cx, cy = cx.to(torch.complex64), cy.to(torch.complex64)
+            sxx += (cx.mH @ cx).cpu().numpy()
+            syy += (cy.mH @ cy).cpu().numpy()
+            sxy += (cx.mH @ cy).cpu().numpy()
+        else:
+            cx = fx[sel] - mean_x[:, None, :]
+            cy = fy[sel] - mean_y[:, None, :]
+            if products == "float32":
+                cx, cy = cx.astype(np.complex64), cy.astype(np.complex64)
+            cxh = np.conj(cx).transpose(0, 2, 1)
+            sxx += cxh @ cx
+            syy += np.conj(cy).transpose(0, 2, 1) @ cy
+            sxy += cxh @ cy
+    return sxx, syy, sxy
+
+
 def dft_cca(x: Any, y: Any, epsilon: float = 0.0, *, threshold: float = 0.98,
             rank_tol: float | None = None, batch_size: int = 512,
             products: str = "float64") -> DFTCCAResult:
@@ -832,70 +909,11 @@ def dft_cca(x: Any, y: Any, epsilon: float = 0.0, *, threshold: float = 0.98,
     h = min(x.shape[2], y.shape[2])
     w = min(x.shape[3], y.shape[3])
     _check_samples(n, x.shape[1], y.shape[1])
-
-    def spectrum(a, start, stop):
-        b = a[start:stop]
-        if _is_torch(b):
-            torch = _torch()
-            f = torch.fft.fft2(b.to(torch.float64), dim=(2, 3))
-            ih = torch.as_tensor(_kept_freqs(b.shape[2], h), device=b.device)
-            iw = torch.as_tensor(_kept_freqs(b.shape[3], w), device=b.device)
-            f = f[:, :, ih][:, :, :, iw]
-            return f.permute(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1])
-        f = np.fft.fft2(np.asarray(b, dtype=np.float64), axes=(2, 3))
-        f = f[:, :, _kept_freqs(b.shape[2], h)][:, :, :, _kept_freqs(b.shape[3], w)]
-        return np.ascontiguousarray(f.transpose(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1]))
-
     fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
     fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
-    # one representative per conjugate pair (f, -f)
-    pos_h = {v: i for i, v in enumerate(fh)}
-    pos_w = {v: j for j, v in enumerate(fw)}
-    rep = np.empty(h * w, dtype=np.int64)
-    solve_list = []
-    for i in range(h):
-        for j in range(w):
-            k = i * w + j
-            pi, pj = pos_h.get(-fh[i]), pos_w.get(-fw[j])
-            partner = pi * w + pj if pi is not None and pj is not None else None
-            if partner is not None and partner < k:
-                rep[k] = partner
-            else:
-                rep[k] = k
-                solve_list.append(k)
-    sel = np.asarray(solve_list)
-    mean_x = spectrum(x.mean(0, keepdims=True) if not _is_torch(x) else x.to(_torch().float64).mean(0, keepdim=True), 0, 1)
-    mean_y = spectrum(y.mean(0, keepdims=True) if not _is_torch(y) else y.to(_torch().float64).mean(0, keepdim=True), 0, 1)
-    mean_x, mean_y = mean_x[sel, 0], mean_y[sel, 0]
-    c1, c2 = x.shape[1], y.shape[1]
-    sxx = np.zeros((len(sel), c1, c1), np.complex128)
-    syy = np.zeros((len(sel), c2, c2), np.complex128)
-    sxy = np.zeros((len(sel), c1, c2), np.complex128)
-    sel_t = None
-    for start in range(0, n, batch_size):
-        fx = spectrum(x, start, start + batch_size)
-        fy = spectrum(y, start, start + batch_size)
-        if _is_torch(fx):
-            torch = _torch()
-            if sel_t is None:
-                sel_t = torch.as_tensor(sel, device=fx.device)
-            cx = fx[sel_t] - torch.as_tensor(mean_x, device=fx.device)[:, None, :]
-            cy = fy[sel_t] - torch.as_tensor(mean_y, device=fy.device)[:, None, :]
-            if products == "float32":
-                cx, cy = cx.to(torch.complex64), cy.to(torch.complex64)
-            sxx += (cx.mH @ cx).cpu().numpy()
-            syy += (cy.mH @ cy).cpu().numpy()
-            sxy += (cx.mH @ cy).cpu().numpy()
-        else:
-            cx = fx[sel] - mean_x[:, None, :]
-            cy = fy[sel] - mean_y[:, None, :]
-            if products == "float32":
-                cx, cy = cx.astype(np.complex64), cy.astype(np.complex64)
-            cxh = np.conj(cx).transpose(0, 2, 1)
-            sxx += cxh @ cx
-            syy += np.conj(cy).transpose(0, 2, 1) @ cy
-            sxy += cxh @ cy
-    kcoef = min(c1, c2)
+    rep, sel = _conjugate_pairs(fh, fw)
+    sxx, syy, sxy = _dft_scatter(x, y, h, w, sel, batch_size, products)
+    kcoef = min(x.shape[1], y.shape[1])
     coefs = np.zeros((h * w, kcoef))
     m98 = np.zeros(h * w)
     solved = {}
@@ -1017,49 +1035,24 @@ def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
 _SPATIAL_MEASURES = ("dft_cca_mean98",)
 
 
-def compare_stores(store_a: str, store_b: str, out_csv: str, settings: Mapping[str, Any], *,
-                   labels: tuple[str, str] = ("a", "b")) -> list[dict]:
-    """The similarity table between two activation stores, written as CSV.
+def layer_rows(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str], *,
+               chance: bool = True) -> list[dict]:
+    """:func:`layer_table` for two activation stores' layers (those both have, in ``acts_a``'s order).
 
-    ``settings``: ``{"measures": [...], "chance": bool}``. Layers both stores
-    share are compared in ``store_a``'s order (layer i against layer i).
-    Conv activations kept in full ``(N, C, H, W)`` go as they are to the
-    spatial measures (DFT-CCA) and spatially averaged to the others. A store
-    from a diverged checkpoint gives rows with NaN values and
-    ``status = "diverged"``.
+    Conv activations kept in full ``(N, C, H, W)`` go as they are to the spatial
+    measures (DFT-CCA) and spatially averaged to the others.
     """
-    import pandas as pd
+    layers = [k for k in acts_a if k in acts_b]
+    spatial = [m for m in measures if m in _SPATIAL_MEASURES]
+    flat = [m for m in measures if m not in _SPATIAL_MEASURES]
 
-    from .activations import load_store
-    from .io import atomic_path
+    def pooled(acts):
+        return {k: (np.asarray(v, dtype=np.float64).mean(axis=(2, 3)) if np.ndim(v) == 4 else v)
+                for k, v in acts.items() if k in layers}
 
-    measures = list(settings.get("measures", ["cca_mean98"]))
-    chance = bool(settings.get("chance", True))
-    acts_a, meta_a = load_store(store_a)
-    acts_b, meta_b = load_store(store_b)
-    if "diverged" in (meta_a.get("status"), meta_b.get("status")):
-        rows = [{"layer": "", "layer_index": -1, "measure": m, "value": float("nan"), "chance": float("nan"),
-                 "status": "diverged"} for m in measures]
-    else:
-        layers = [k for k in acts_a if k in acts_b]
-        spatial = [m for m in measures if m in _SPATIAL_MEASURES]
-        flat = [m for m in measures if m not in _SPATIAL_MEASURES]
-
-        def pooled(acts):
-            return {k: (np.asarray(v, dtype=np.float64).mean(axis=(2, 3)) if np.ndim(v) == 4 else v)
-                    for k, v in acts.items() if k in layers}
-
-        rows = []
-        if flat:
-            rows += layer_table(pooled(acts_a), pooled(acts_b), flat, layers=layers, chance=chance)
-        if spatial:
-            rows += layer_table(acts_a, acts_b, spatial, layers=layers, chance=chance)
-        for r in rows:
-            r["status"] = "ok"
-    for r in rows:
-        r["a"], r["b"] = labels
-    df = pd.DataFrame(rows, columns=["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"])
-    df = df.sort_values(["layer_index", "measure"], kind="stable")
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False)
+    rows = []
+    if flat:
+        rows += layer_table(pooled(acts_a), pooled(acts_b), flat, layers=layers, chance=chance)
+    if spatial:
+        rows += layer_table(acts_a, acts_b, spatial, layers=layers, chance=chance)
     return rows

@@ -4,16 +4,16 @@
 
 rule extract_activations:
     input:
-        ckpt=f"{R}/runs/{{run}}/seed{{seed}}/{{tag}}.pt",
+        ckpt=P.checkpoint(R, "{run}", "{seed}", "{tag}"),
         data=DATA_CACHE,
     output:
-        directory(f"{R}/activations/{{run}}/seed{{seed}}/{{tag}}"),
+        directory(P.activation_dir(R, "{run}", "{seed}", "{tag}")),
     params:
         settings=ACT,
         data=DATA,
-        probe_size=config["data"].get("probe_size", 1000),
+        probe_size=C.probe_size(config),
     log:
-        log_path("activations", "{run}", "seed{seed}-{tag}"),
+        P.log(R, "activations", "{run}", "seed{seed}-{tag}"),
     threads: res("activations", "threads", 1)
     resources:
         gpu=GPU,

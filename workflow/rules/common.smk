@@ -1,14 +1,20 @@
-# Shared helpers: config validation, paths, resources. All logic about what a
-# config means lives in closerlook.config (importable without Snakemake).
+# Shared helpers: config validation, paths, resources. What a config means lives in
+# closerlook.config, where every results path comes from lives in closerlook.paths
+# (both importable without Snakemake; the package is installed in the rule env).
 import os
-import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from closerlook import config as C  # noqa: E402
-from closerlook.io import ConfigError  # noqa: E402
+try:
+    from closerlook import config as C
+    from closerlook import paths as P
+    from closerlook.io import ConfigError
+except ImportError as _exc:
+    raise ImportError(
+        f"{_exc}: the closerlook package is not installed in the Python that runs snakemake; "
+        "run `make venv` (or `pip install -e .` in this checkout) and use .venv/bin/snakemake"
+    ) from None
 
 # Snakemake's own YAML loading keeps the last of two equal keys (e.g. two runs
 # with one name) silently: re-read every config file with the strict loader.
@@ -26,6 +32,8 @@ except ConfigError as _exc:
 
 R = C.results_dir(config)
 ENV = "../envs/closerlook.yaml"
+# the conda env's post-deploy script installs this checkout into the env (editable)
+os.environ.update(CLOSERLOOK_REPO=str(Path(workflow.basedir).resolve()))
 SIM = C.similarity_settings(config)
 ACT = C.activation_settings(config)
 
@@ -48,37 +56,21 @@ def ckpt(ep):
     return C.ckpt_path(config, ep)
 
 
-def log_path(stage, *parts):
-    return os.path.join(R, "logs", stage, *parts) + ".log"
-
-
-def curve_dir(curve, inst):
-    return f"{R}/curves/{curve}/{inst}"
-
-
-def act_dir(ep):
-    return f"{R}/activations/{ep.run}/seed{ep.seed}/{ep.tag}"
-
-
-def figure_files(fig):
-    fmts = (config.get("figures") or {}).get("format", ["pdf", "png"])
-    return [f"{R}/figures/{fig}.{ext}" for ext in fmts]
-
-
 def all_targets():
-    out = [f"{R}/data/info.json"]
+    out = [P.data_info(R)]
     for fig in C.figure_names(config):
-        out += figure_files(fig)
+        out += C.figure_files(config, fig)
     if C.figure_names(config):
-        out += [f"{R}/claims.json", f"{R}/claims.md"]
+        out += [P.claims_file(R, "json"), P.claims_file(R, "md")]
     return out
 
 
 # ---- input functions of the stage rules
 def _train_outputs(run):
     tags = C.checkpoint_tags(C.resolve_run(config, run))
-    base = f"{R}/runs/{run}/seed{{seed}}"
-    return [f"{base}/{t}.pt" for t in tags] + [f"{base}/metrics.csv", f"{base}/status.json"]
+    return [P.checkpoint(R, run, "{seed}", t) for t in tags] + [
+        f"{P.run_dir(R, run, '{seed}')}/{name}" for name in P.RUN_TABLES
+    ]
 
 
 def _teacher_input(wildcards, run):
@@ -86,29 +78,29 @@ def _teacher_input(wildcards, run):
     return [ckpt(t)] if t else []
 
 
-def _curve_ends(wc):
-    a, b = C.curve_instances(config, wc.curve)[wc.inst]
+def _curve_ends(curve, inst):
+    a, b = C.curve_instances(config, curve)[inst]
     return {"start": ckpt(a), "end": ckpt(b)}
 
 
 def _path_inputs(wc):
-    d = _curve_ends(wc)
+    d = _curve_ends(wc.curve, wc.inst)
     if wc.path == "curve":
-        d["curve"] = f"{curve_dir(wc.curve, wc.inst)}/curve.pt"
+        d["curve"] = P.curve_file(R, wc.curve, wc.inst, "curve.pt")
     return d
 
 
 def _plane_inputs(wc):
-    p = config["planes"][wc.plane]
-    d = _curve_ends(type("W", (), {"curve": p["curve"], "inst": wc.inst})())
-    d["curve"] = f"{curve_dir(p['curve'], wc.inst)}/curve.pt"
+    curve = config["planes"][wc.plane]["curve"]
+    d = _curve_ends(curve, wc.inst)
+    d["curve"] = P.curve_file(R, curve, wc.inst, "curve.pt")
     d["project"] = [ckpt(ep) for ep in C.plane_projection(config, wc.plane, wc.inst)]
     return d
 
 
 def _comparison_inputs(wc):
     a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
-    return {"a": act_dir(a), "b": act_dir(b)}
+    return {"a": C.activation_dir(config, a), "b": C.activation_dir(config, b)}
 
 
 def _figure_inputs(wc):

@@ -5,18 +5,18 @@
 
 rule fit_curve:
     input:
-        unpack(_curve_ends),
+        unpack(lambda wc: _curve_ends(wc.curve, wc.inst)),
         data=DATA_CACHE,
     output:
-        curve=f"{R}/curves/{{curve}}/{{inst}}/curve.pt",
-        metrics=f"{R}/curves/{{curve}}/{{inst}}/metrics.csv",
+        curve=P.curve_file(R, "{curve}", "{inst}", "curve.pt"),
+        metrics=P.curve_file(R, "{curve}", "{inst}", "metrics.csv"),
     params:
         settings=lambda wc: C.curve_settings(config, wc.curve),
         data=DATA,
         seed=lambda wc: C.curve_instances(config, wc.curve)[wc.inst][0].seed,
-        workdir=lambda wc: f"{R}/work/curves/{wc.curve}/{wc.inst}",
+        workdir=lambda wc: P.curve_work(R, wc.curve, wc.inst),
     log:
-        log_path("curves", "{curve}", "{inst}-fit"),
+        P.log(R, "curves", "{curve}", "{inst}-fit"),
     threads: res("curves", "threads", 1)
     resources:
         gpu=GPU,
@@ -33,12 +33,12 @@ rule evaluate_path:
         unpack(_path_inputs),
         data=DATA_CACHE,
     output:
-        f"{R}/curves/{{curve}}/{{inst}}/{{path}}.csv",
+        P.path_table(R, "{curve}", "{inst}", "{path}"),
     params:
         settings=lambda wc: C.curve_settings(config, wc.curve),
         data=DATA,
     log:
-        log_path("curves", "{curve}", "{inst}-{path}"),
+        P.log(R, "curves", "{curve}", "{inst}-{path}"),
     threads: res("curves", "threads", 1)
     resources:
         gpu=GPU,
@@ -55,14 +55,13 @@ rule plane:
         unpack(_plane_inputs),
         data=DATA_CACHE,
     output:
-        grid=f"{R}/planes/{{plane}}/{{inst}}/grid.csv",
-        points=f"{R}/planes/{{plane}}/{{inst}}/points.csv",
+        grid=P.plane_file(R, "{plane}", "{inst}", "grid.csv"),
+        points=P.plane_file(R, "{plane}", "{inst}", "points.csv"),
     params:
         settings=lambda wc: C.plane_settings(config, wc.plane),
-        labels=lambda wc: [ep.tag for ep in C.plane_projection(config, wc.plane, wc.inst)],
         data=DATA,
     log:
-        log_path("planes", "{plane}", "{inst}"),
+        P.log(R, "planes", "{plane}", "{inst}"),
     threads: res("curves", "threads", 1)
     resources:
         gpu=GPU,

@@ -3,7 +3,7 @@
 # set (name, root), so configs that share a data set share it; the subsets and
 # the probe set of this config are recorded in results/<name>/data/info.json.
 DATA = C.data_spec(config)
-DATA_CACHE = [f"{DATA['cache_dir']}/{DATA['name']}-{split}.pt" for split in ("train", "test")]
+DATA_CACHE = [P.data_cache(DATA["cache_dir"], DATA["name"], split) for split in P.SPLITS]
 
 
 rule prepare_data:
@@ -11,8 +11,9 @@ rule prepare_data:
         DATA_CACHE,
     params:
         source={k: config["data"].get(k) for k in ("name", "root", "download")},
+        cache_dir=lambda wc, output: os.path.dirname(output[0]),
     log:
-        f"{DATA['cache_dir']}/logs/prepare_{DATA['name']}.log",
+        P.data_log(DATA["cache_dir"], DATA["name"]),
     threads: 1
     resources:
         mem_mb=res("data", "mem_mb", 4000),
@@ -27,12 +28,12 @@ rule data_info:
     input:
         DATA_CACHE,
     output:
-        f"{R}/data/info.json",
+        P.data_info(R),
     params:
         data=DATA,
-        probe_size=config["data"].get("probe_size", 1000),
+        probe_size=C.probe_size(config),
     log:
-        log_path("data", "info"),
+        P.log(R, "data", "info"),
     threads: 1
     resources:
         mem_mb=res("data", "mem_mb", 4000),

@@ -8,7 +8,7 @@ rule figure:
         _figure_inputs,
     output:
         report(
-            multiext(f"{R}/figures/{{figure}}", *[f".{e}" for e in (config.get("figures") or {}).get("format", ["pdf", "png"])]),
+            multiext(P.figure_stem(R, "{figure}"), *[f".{e}" for e in C.figure_formats(config)]),
             caption="../report/figure.rst",
             category="Figures",
         ),
@@ -16,9 +16,9 @@ rule figure:
         layout=lambda wc: C.figure_layout(config, wc.figure)[0],
         options=lambda wc: C.figure_options(config, wc.figure),
     wildcard_constraints:
-        figure="|".join(C.FIGURE_NAMES),
+        figure="|".join(P.FIGURES),
     log:
-        log_path("figures", "{figure}"),
+        P.log(R, "figures", "{figure}"),
     threads: 1
     resources:
         mem_mb=res("figures", "mem_mb", 4000),

@@ -6,13 +6,13 @@ rule claims:
     input:
         _claims_inputs,
     output:
-        json=report(f"{R}/claims.json", caption="../report/claims.rst", category="Claims"),
-        md=report(f"{R}/claims.md", caption="../report/claims.rst", category="Claims"),
+        json=report(P.claims_file(R, "json"), caption="../report/claims.rst", category="Claims"),
+        md=report(P.claims_file(R, "md"), caption="../report/claims.rst", category="Claims"),
     params:
         layouts=lambda wc: {fig: C.figure_layout(config, fig)[0] for fig in C.figure_names(config)},
         rules=C.claim_rules(config),
     log:
-        log_path("report", "claims"),
+        P.log(R, "report", "claims"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -6,12 +6,12 @@ rule similarity:
     input:
         unpack(_comparison_inputs),
     output:
-        f"{R}/similarity/{{comparison}}/{{inst}}.csv",
+        P.similarity_table(R, "{comparison}", "{inst}"),
     params:
         settings=SIM,
         labels=lambda wc: [ep.label for ep in C.comparison_instances(config, wc.comparison)[wc.inst]],
     log:
-        log_path("similarity", "{comparison}", "{inst}"),
+        P.log(R, "similarity", "{comparison}", "{inst}"),
     threads: res("similarity", "threads", 1)
     resources:
         gpu=GPU,

@@ -15,9 +15,9 @@ for _run in C.run_names(config):
             _train_outputs(_run),
         params:
             spec=lambda wc, r=_run: C.run_spec(config, r, int(wc.seed)),
-            workdir=lambda wc, r=_run: f"{R}/work/runs/{r}/seed{wc.seed}",
+            workdir=lambda wc, r=_run: P.run_work(R, r, wc.seed),
         log:
-            log_path("train", _run, "seed{seed}"),
+            P.log(R, "train", _run, "seed{seed}"),
         threads: res("train", "threads", 1)
         resources:
             gpu=GPU,

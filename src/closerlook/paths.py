@@ -1,0 +1,109 @@
+"""The results layout: one function per artefact, the only place a results path is spelled out.
+
+``config.py`` (the inputs of figures and claims) and the rules (``workflow/rules/*.smk``:
+outputs, inputs, logs, work directories) both build their paths here. ``R`` is the
+results root of one config (:func:`results_dir`); every other argument is a name, and a
+Snakemake wildcard such as ``"{seed}"`` passes through unchanged, so a rule's output
+pattern and the path a figure reads come from the same function::
+
+    results/<name>/runs/<run>/seed<S>/{epoch<E>,iter<I>,final}.pt, metrics.csv, status.json
+    results/<name>/curves/<curve>/<inst>/{curve.pt, metrics.csv, curve.csv, line.csv}
+    results/<name>/planes/<plane>/<inst>/{grid.csv, points.csv}
+    results/<name>/activations/<run>/seed<S>/<tag>/
+    results/<name>/similarity/<comparison>/<inst>.csv
+    results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json
+    results/<name>/logs/<stage>/...log, work/{runs,curves}/... (resume state)
+    <cache_dir>/<data set>-{train,test}.pt   (decoded data, shared by configs)
+"""
+from __future__ import annotations
+
+FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
+FIGURE_FORMATS = ("pdf", "png")
+CURVE_FILES = ("curve.pt", "metrics.csv")
+PLANE_FILES = ("grid.csv", "points.csv")
+RUN_TABLES = ("metrics.csv", "status.json")
+SPLITS = ("train", "test")
+DATA_CACHE_DIR = "resources/data"  # decoded data sets, shared by every config
+
+
+def results_dir(name: str) -> str:
+    return f"results/{name}"
+
+
+def run_dir(R: str, run: str, seed) -> str:
+    return f"{R}/runs/{run}/seed{seed}"
+
+
+def checkpoint(R: str, run: str, seed, tag: str) -> str:
+    """``tag``: ``epoch<E>``, ``iter<I>`` or ``final``."""
+    return f"{run_dir(R, run, seed)}/{tag}.pt"
+
+
+def run_metrics(R: str, run: str, seed) -> str:
+    return f"{run_dir(R, run, seed)}/metrics.csv"
+
+
+def run_work(R: str, run: str, seed) -> str:
+    """Resume state of a training job: outside its declared outputs, so a killed job's retry resumes."""
+    return f"{R}/work/runs/{run}/seed{seed}"
+
+
+def curve_dir(R: str, curve: str, inst: str) -> str:
+    return f"{R}/curves/{curve}/{inst}"
+
+
+def curve_file(R: str, curve: str, inst: str, name: str) -> str:
+    """``name``: ``curve.pt``, ``metrics.csv`` (fitting), or ``<path>.csv`` with path ``curve`` / ``line``."""
+    return f"{curve_dir(R, curve, inst)}/{name}"
+
+
+def path_table(R: str, curve: str, inst: str, path: str) -> str:
+    """Loss/accuracy along t of the fitted curve (``path="curve"``) or the straight line (``"line"``)."""
+    return curve_file(R, curve, inst, f"{path}.csv")
+
+
+def curve_work(R: str, curve: str, inst: str) -> str:
+    return f"{R}/work/curves/{curve}/{inst}"
+
+
+def plane_file(R: str, plane: str, inst: str, name: str) -> str:
+    """``name``: ``grid.csv`` or ``points.csv``."""
+    return f"{R}/planes/{plane}/{inst}/{name}"
+
+
+def activation_dir(R: str, run: str, seed, tag: str) -> str:
+    return f"{R}/activations/{run}/seed{seed}/{tag}"
+
+
+def similarity_table(R: str, comparison: str, inst: str) -> str:
+    return f"{R}/similarity/{comparison}/{inst}.csv"
+
+
+def figure_stem(R: str, figure: str) -> str:
+    return f"{R}/figures/{figure}"
+
+
+def figure_file(R: str, figure: str, ext: str) -> str:
+    return f"{figure_stem(R, figure)}.{ext}"
+
+
+def claims_file(R: str, ext: str) -> str:
+    """``ext``: ``json`` or ``md``."""
+    return f"{R}/claims.{ext}"
+
+
+def data_info(R: str) -> str:
+    return f"{R}/data/info.json"
+
+
+def log(R: str, stage: str, *parts: str) -> str:
+    return "/".join([R, "logs", stage, *parts]) + ".log"
+
+
+def data_log(cache_dir: str, name: str) -> str:
+    return f"{cache_dir}/logs/prepare_{name}.log"
+
+
+def data_cache(cache_dir: str, name: str, split: str) -> str:
+    """The decoded uint8 tensors of one split (:func:`closerlook.data.load_split`'s cache)."""
+    return f"{cache_dir}/{name}-{split}.pt"

@@ -1,0 +1,90 @@
+"""Result tables: their columns, one reader, one atomic writer, and the few numbers read off them.
+
+Every stage writes tidy CSV tables (docs/DESIGN.md); figures and claims read only
+these, through :func:`read_table`, which never raises: a missing, empty, broken
+or diverged table comes back with the problem named, so a figure can still be
+drawn and a claim can say why it is inconclusive.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path
+
+# training (closerlook.train), one row per epoch
+METRICS_COLUMNS = ["epoch", "iteration", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                   "wall_s", "images_per_s", "status"]
+# loss/accuracy along a path (closerlook.landscape.evaluate_path), one row per t
+PATH_COLUMNS = ["t", "train_loss", "train_acc", "test_loss", "test_acc", "path", "status"]
+# the loss plane (closerlook.landscape.plane_grid): grid points, and anchors + projected checkpoints
+GRID_COLUMNS = ["u", "v", "train_loss", "train_acc", "test_loss", "test_acc"]
+POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance"]
+ANCHORS = ("w1", "w2", "bend")
+# per-layer similarity between two activation stores
+SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"]
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b")
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """``df`` as CSV (no index), written atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
+    """Read one CSV table: ``(df, problem)``; problem is None, "diverged", "missing", "empty", "unreadable".
+
+    Numeric columns are coerced (non-numbers become NaN); text columns are kept.
+    A table is "diverged" when any row's status is ``diverged``. Never raises.
+    """
+    if path is None or not Path(path).exists():
+        return None, "missing"
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None, "empty"
+    except Exception:  # noqa: BLE001 - a broken table must not stop a figure or a verdict
+        return None, "unreadable"
+    if df.empty:
+        return df, "empty"
+    for col in df.columns:
+        if col not in _TEXT_COLUMNS:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    problem = None
+    if "status" in df.columns and (df["status"].astype(str).str.lower() == "diverged").any():
+        problem = "diverged"
+    return df, problem
+
+
+def read_tables(paths: Mapping | None) -> tuple[list, list]:
+    """:func:`read_table` of every instance (sorted by name): ``(dfs, problems)``."""
+    pairs = [read_table(p) for _inst, p in sorted((paths or {}).items())]
+    return [d for d, _ in pairs], [q for _, q in pairs]
+
+
+def path_barrier(df: pd.DataFrame | None, column: str = "train_loss") -> float:
+    """max over t of ``column`` minus the max of its two endpoint values (t = min, t = max); NaN if unknown."""
+    if df is None or column not in df.columns or "t" not in df.columns or df.empty:
+        return float("nan")
+    y = df.sort_values("t")[column].to_numpy(dtype=float)
+    if not np.isfinite(y).all():
+        return float("nan")
+    return float(np.max(y) - max(y[0], y[-1]))
+
+
+def plane_arrays(grid: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u values, v values, Z[v, u]) from the long grid table."""
+    piv = grid.pivot_table(index="v", columns="u", values=column, aggfunc="mean", dropna=False)
+    return piv.columns.to_numpy(dtype=float), piv.index.to_numpy(dtype=float), piv.to_numpy(dtype=float)
+
+
+def epoch_key(label: Any) -> tuple[float, str]:
+    """Sort key of checkpoint labels such as ``epoch74``: by the number in them, then by name."""
+    m = re.search(r"(-?\d+(?:\.\d+)?)", str(label))
+    return (float(m.group(1)) if m else math.inf, str(label))
