@@ -2,6 +2,7 @@
 torchvision data sets, and the allow-list that keeps a checkpoint from choosing the code that runs."""
 import gzip
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from closerlook.models import analysis_layers, arch_key, build_model, model_from
 from closerlook.spec import validate_run_spec
 
 TV = "torchvision:resnet18"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_torchvision_resnet18_adapted_to_grey_28px_data():
@@ -190,3 +192,30 @@ def test_torchvision_dataset_offline_and_bad_names(tmp_path):
         with pytest.raises(ConfigError, match=r"^data\.name: ") as ei:
             data.check_name(bad)
         assert text in str(ei.value)
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+def test_heuristics_config_plans_both_studies():
+    from closerlook import config as C
+
+    cfg = C.load_config(REPO / "config" / "heuristics.yaml")
+    assert C.figure_names(cfg) == ["fig2_sgdr", "fig4_warmup"]
+    assert C.run_spec(cfg, "sgdr_plain", 0)["model"]["skip"] is False
+    assert C.run_spec(cfg, "sgdr_skip", 0)["model"].get("skip", True) is True
+    lb = {r: (C.run_spec(cfg, r, 0)["model"]["batch_norm"], C.run_spec(cfg, r, 0)["warmup"].get("iterations", 0))
+          for r in ("lb_plain_nowarmup", "lb_plain_warmup", "lb_bn_nowarmup", "lb_bn_warmup")}
+    assert lb == {"lb_plain_nowarmup": (False, 0), "lb_plain_warmup": (False, 20),
+                  "lb_bn_nowarmup": (True, 0), "lb_bn_warmup": (True, 20)}
+
+
+def test_readme_study_your_own_model_config_is_valid():
+    import yaml
+
+    from closerlook import config as C
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("```yaml", text.index("## Study your own model")) + len("```yaml")
+    cfg = yaml.safe_load(text[start:text.index("```", start)])
+    C.validate_config(cfg)  # builds both factories on the meta device against Fashion-MNIST's shape
+    assert C.model_factories(cfg) == ["torchvision.models:mobilenet_v3_small", "torchvision:resnet18"]
