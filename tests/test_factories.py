@@ -107,7 +107,7 @@ def test_init_reinitialises_an_external_model():
     m = build_model({"name": TV, "adapt": "io", "init": "paper"}, 1, 10, 28)
     # paper init: Linear weights N(0, 0.01), biases 0 (torchvision's default fc is U(+-1/sqrt(512)) = +-0.044)
     assert float(m.fc.weight.detach().std()) == pytest.approx(0.01, rel=0.1)  # 5,120 draws: std within 10 %
-    assert float(m.fc.bias.abs().max()) == 0.0  # exact: zeros_ writes zeros
+    assert float(m.fc.bias.detach().abs().max()) == 0.0  # exact: zeros_ writes zeros
 
 
 def test_plain_resnet18_has_no_shortcut_adds():
