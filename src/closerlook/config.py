@@ -341,15 +341,34 @@ def _check_endpoint(cfg: dict, ep: Endpoint, key: str) -> None:
         )
 
 
+def model_factories(cfg: dict) -> list[str]:
+    """The external model factories (``module:callable``) the config's runs name: the only ones a
+    checkpoint may make a job import (:func:`closerlook.models.model_from_checkpoint`). The scripts read it
+    from the config, not from a rule param: it changes no result, so it must not make Snakemake rerun jobs."""
+    from .factories import is_external
+
+    names = {(resolve_run(cfg, r).get("model") or {}).get("name") for r in cfg["runs"]}
+    return sorted(n for n in names if is_external(n))
+
+
 def _same_arch(cfg: dict, a: Endpoint, b: Endpoint, key: str) -> None:
+    from .models import arch_key
+
     ma, mb = resolve_run(cfg, a.run)["model"], resolve_run(cfg, b.run)["model"]
-    arch = lambda m: (m.get("name"), float(m.get("width", 1.0)))  # noqa: E731
-    if arch(ma) != arch(mb):
+    if arch_key(ma) != arch_key(mb):
         raise ConfigError(
             f"config key {key}: per-layer comparison between different architectures "
-            f"({a.run}: {ma.get('name')} width {ma.get('width', 1.0)}, {b.run}: {mb.get('name')} width {mb.get('width', 1.0)}); "
+            f"({a.run}: {_arch_text(arch_key(ma))}, {b.run}: {_arch_text(arch_key(mb))}); "
             "layer-by-layer (diagonal) CCA needs the same layers on both sides"
         )
+
+
+def _arch_text(key: tuple) -> str:
+    name, width, skip, kwargs, adapt, layers = key
+    text = f"{name} width {width}" + ("" if skip else " without skip connections")
+    text += f" kwargs {kwargs}" if kwargs != "[]" else ""
+    text += f" adapt {adapt}" if adapt != "none" else ""
+    return text + (f" layers {list(layers)}" if layers else "")
 
 
 def validate_config(cfg: dict) -> None:

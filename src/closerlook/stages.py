@@ -49,11 +49,15 @@ def data_info(data: Mapping, probe_size: int, out: str) -> dict:
     return facts
 
 
-def train(spec: Mapping, workdir: str, outputs: Sequence[str] = (), log: Log | None = print) -> dict:
-    """One training run in ``workdir`` (resumes from its resume state), then its files published onto ``outputs``."""
+def train(spec: Mapping, workdir: str, outputs: Sequence[str] = (), log: Log | None = print,
+          factories: Sequence[str] = ()) -> dict:
+    """One training run in ``workdir`` (resumes from its resume state), then its files published onto ``outputs``.
+
+    ``factories`` (here and below): the external model factories the config names, the only ones a
+    checkpoint's model spec may make this job import (:func:`closerlook.models.model_from_checkpoint`)."""
     from .train import train_run
 
-    result = train_run(spec, workdir, progress=log)
+    result = train_run(spec, workdir, progress=log, factories=factories)
     publish(workdir, outputs)
     return result
 
@@ -69,8 +73,8 @@ def _endpoint(path: str) -> dict | None:
     return {"meta": meta, "model": ck["model"]}
 
 
-def _module(ck: Mapping, path: str, device):
-    return model_from_checkpoint({"meta": ck["meta"], "model": None}, path).to(device)
+def _module(ck: Mapping, path: str, device, factories: Sequence[str]):
+    return model_from_checkpoint({"meta": ck["meta"], "model": None}, path, allow=factories).to(device)
 
 
 def _data_block(data: Mapping) -> dict:
@@ -89,7 +93,7 @@ def _eval_loaders(data: Mapping, device, eval_train_images: int | None, batch_si
 
 
 def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, seed: int = 0,
-              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print) -> None:
+              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print, factories: Sequence[str] = ()) -> None:
     """Fit the bends of a curve between two checkpoints into ``out`` (resumable), then publish onto ``outputs``.
 
     ``settings``: a curve's settings (:data:`closerlook.curves.FIT_DEFAULTS` keys, e.g. ``kind``,
@@ -107,7 +111,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
         log("an endpoint diverged: wrote outputs marked diverged")
     else:
         dev = resolve_device(device)
-        curve = curves.Curve(_module(a, start, dev), a["model"], b["model"], kind=s["kind"],
+        curve = curves.Curve(_module(a, start, dev, factories), a["model"], b["model"], kind=s["kind"],
                              num_bends=s["num_bends"]).to(dev)
         d = _data_block(data)
         xtr, ytr, _, _, info = load_subsets(d)
@@ -126,7 +130,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
 
 
 def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
-                  device: Any = "auto", log: Log = print) -> None:
+                  device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Loss/accuracy along the fitted ``curve`` (a curve.pt) or, without one, the straight line, as a CSV."""
     s = {**landscape.PATH_DEFAULTS, **settings}
     label = "curve" if curve else "line"
@@ -137,7 +141,7 @@ def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mappi
         log("an endpoint (or the curve) diverged: wrote a table marked diverged")
         return
     dev = resolve_device(device)
-    module = _module(a, start, dev)
+    module = _module(a, start, dev, factories)
     if curve:
         path = curves.load_curve(curve, module, map_location=dev)
         path.check_endpoints(a["model"], b["model"], curve, start, end)
@@ -149,7 +153,8 @@ def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mappi
 
 
 def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Mapping, project: Sequence[str] = (),
-          labels: Sequence[str] | None = None, device: Any = "auto", log: Log = print) -> None:
+          labels: Sequence[str] | None = None, device: Any = "auto", log: Log = print,
+          factories: Sequence[str] = ()) -> None:
     """``grid.csv`` and ``points.csv`` of the plane through w1, w2 and ``bend`` (a curve.pt: its first bend;
     or a model checkpoint), with the ``project`` checkpoints projected (labels: their file stems)."""
     s = {**landscape.PLANE_DEFAULTS, **settings}
@@ -167,7 +172,7 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
         log("an input diverged: wrote plane tables marked diverged")
     else:
         dev = resolve_device(device)
-        module = _module(a, w1, dev)
+        module = _module(a, w1, dev, factories)
         theta = curves.bend_of(bend_ck, bend, module, dev)
         gp = s["grid"] if isinstance(s["grid"], int) else (tuple(s["grid"]) if len(s["grid"]) > 1 else s["grid"][0])
         tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
@@ -181,7 +186,7 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
 # ----------------------------------------------------------------------------- representations, reports
 
 def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, probe_size: int,
-                        device: Any = "auto") -> None:
+                        device: Any = "auto", factories: Sequence[str] = ()) -> None:
     """Every analysis layer of one checkpoint on the probe set (first ``probe_size`` training images)."""
     from .activations import capture_to_store, save_store
     from .models import analysis_layers
@@ -192,7 +197,7 @@ def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, p
         save_store(out, {}, dict(meta, status="diverged"))
         return
     dev = resolve_device(device)
-    model = model_from_checkpoint(ck, ckpt).to(dev)
+    model = model_from_checkpoint(ck, ckpt, allow=factories).to(dev)
     xtr, _, _, _, info = load_subsets(dict(data))
     capture_to_store(model, analysis_layers(model), probe_set(xtr, probe_size), out, meta=meta,
                      batch_size=settings["batch_size"], mean=info["mean"], std=info["std"], mode=settings["mode"],
