@@ -51,6 +51,7 @@ from .data import batches_of
 ALIGN_DEFAULTS: dict[str, Any] = {"method": "weights", "max_iter": 100, "seed": 0, "repair": True,
                                   "repair_images": 1000}
 METHODS = ("weights", "none")
+CURVE_ALIGN_DEFAULT = "none"  # a curve's `align:` option: its end is used as trained unless it says `weights`
 
 Axis = tuple[str, int] | None  # (permutation name, units per block on this axis) or not permuted
 
@@ -453,7 +454,7 @@ def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, 
     """The path table of the straight line a -> b (BN recomputed at each t), REPAIRed when ``repair_loader``."""
     import pandas as pd
 
-    from .landscape import _point_metrics
+    from .landscape import evaluate_point
     from .tables import PATH_COLUMNS
 
     device = next((v.device for v in module.state_dict().values()), None)
@@ -462,7 +463,7 @@ def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, 
         state = interpolate(a, b, float(t))
         if repair_loader is not None and 0.0 < t < 1.0:
             state = repair(module, state, (a, b), float(t), repair_loader, device)
-        m = _point_metrics(module, state, train_loader, test_loader, None, None, device)
+        m = evaluate_point(module, state, train_loader, test_loader, device=device)
         rows.append({"t": float(t), **m, "path": label, "status": "ok" if np.isfinite(m["train_loss"]) else "diverged"})
         if log:
             log(f"{label} t={t:.3f} train_loss={m['train_loss']:.4f} test_acc={m['test_acc']:.4f}")
