@@ -317,16 +317,27 @@ def test_plane_helpers():
     assert tables.path_barrier(df) == pytest.approx(0.7)
 
 
+def _texts_ticks_tables(fig) -> str:
+    """all_texts plus x tick labels and table cells."""
+    out = [all_texts(fig)]
+    for ax in fig.axes:
+        out += [t.get_text() for t in ax.get_xticklabels()]
+        for tab in ax.tables:
+            out += [c.get_text().get_text() for c in tab.get_celld().values()]
+    return "\n".join(out)
+
+
 def test_fig2_draws_autoneb_and_aligned_paths_when_listed(world):
     fig = figures.build_figure("fig2_sgdr", world["fig2_sgdr"], {})
-    texts = all_texts(fig)
+    texts = _texts_ticks_tables(fig)
     assert "seeds-s0-s1 AutoNEB" in texts and "seeds-s0-s1 line to aligned end" in texts
     assert "AutoNEB excess" in texts and "aligned line" in texts  # their barriers in panel (f)
 
 
 def test_fig9_shows_every_ensemble_and_the_reference(world):
     fig = figures.build_figure("fig9_ensembles", world["fig9_ensembles"], {})
-    texts = all_texts(fig)
+    texts = _texts_ticks_tables(fig)
     for label in ("independent seeds", "SGDR snapshots", "FGE", "curve ensemble", "SWA (one network)",
                   "independent-seed ensemble"):
         assert label in texts, label
+    assert "0.880" in texts  # the reference's accuracy in table (d)

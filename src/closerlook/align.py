@@ -415,20 +415,25 @@ def _channel_stats(module: nn.Module, state: Mapping, name: str, loader: Any, de
 
 
 def repair(module: nn.Module, state: Mapping[str, torch.Tensor], ends: Sequence[Mapping[str, torch.Tensor]],
-           alpha: float, loader: Any, device: Any = None) -> dict[str, torch.Tensor]:
+           alpha: float, loader: Any, device: Any = None, cache: dict | None = None) -> dict[str, torch.Tensor]:
     """REPAIR the interpolated ``state`` = (1 - alpha) ends[0] + alpha ends[1] (a new state dict).
 
     Layer by layer from the input, each Conv2d/Linear output channel (except the
     logits) is rescaled so that its mean and std on ``loader`` equal the
-    interpolation of the two endpoints' (their statistics measured on the same data).
+    interpolation of the two endpoints' (their statistics measured on the same data;
+    pass the same ``cache`` dict for every point of one line to measure them once).
     """
+    cache = {} if cache is None else cache
     was = module.training
     module.eval()
     layers = [n for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))][:-1]
     out = {k: v.clone() for k, v in state.items()}
     try:
         for name in layers:
-            (ma, sa), (mb, sb) = (_channel_stats(module, e, name, loader, device) for e in ends)
+            for i, e in enumerate(ends):
+                if (name, i) not in cache:
+                    cache[(name, i)] = _channel_stats(module, e, name, loader, device)
+            (ma, sa), (mb, sb) = cache[(name, 0)], cache[(name, 1)]
             goal_m, goal_s = (1 - alpha) * ma + alpha * mb, (1 - alpha) * sa + alpha * sb
             m, s = _channel_stats(module, out, name, loader, device)
             scale = goal_s / s.clamp_min(1e-12)
@@ -458,11 +463,11 @@ def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, 
     from .tables import PATH_COLUMNS
 
     device = next((v.device for v in module.state_dict().values()), None)
-    rows = []
+    rows, cache = [], {}
     for t in ts:
         state = interpolate(a, b, float(t))
         if repair_loader is not None and 0.0 < t < 1.0:
-            state = repair(module, state, (a, b), float(t), repair_loader, device)
+            state = repair(module, state, (a, b), float(t), repair_loader, device, cache)
         m = evaluate_point(module, state, train_loader, test_loader, device=device)
         rows.append({"t": float(t), **m, "path": label, "status": "ok" if np.isfinite(m["train_loss"]) else "diverged"})
         if log:

@@ -335,12 +335,13 @@ def _entry(method: str, tables: Mapping[str, pd.DataFrame], problems: list[str],
     acc = effects[0]
     rule = f"reproduced if the accuracy difference's low end >= -{tol:g}; not reproduced if its high end < -{tol:g}"
     failed = [p["name"] for p in premises if not p["holds"]]
+    single = " (one instance: no spread measured)" if acc["n"] == 1 else ""
     if failed:
         verdict, reason = INCONCLUSIVE, f"premise absent: {', '.join(failed)}"
     elif acc["low"] >= -tol:
-        verdict, reason = REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (low {acc['low']:+.4f}) >= -{tol:g}"
+        verdict, reason = REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (low {acc['low']:+.4f}) >= -{tol:g}{single}"
     elif acc["high"] < -tol:
-        verdict, reason = NOT_REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (high {acc['high']:+.4f}) < -{tol:g}"
+        verdict, reason = NOT_REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (high {acc['high']:+.4f}) < -{tol:g}{single}"
     else:
         verdict, reason = INCONCLUSIVE, f"the accuracy difference's {acc['kind']} [{acc['low']:+.4f}, {acc['high']:+.4f}] straddles -{tol:g}"
     rows = [(i, t.loc[method], t.loc["independent"]) for i, t in present.items()]

@@ -37,8 +37,8 @@ def _bars(ax, ens: pd.DataFrame, mem: pd.DataFrame | None, column: str, colors: 
     for i, m in enumerate(methods):
         row = ens[ens["method"] == m].iloc[0]
         bad = str(row["status"]) != "ok"
-        ax.bar(i, 0.0 if bad else row[column], color=colors[m], alpha=0.75,
-               label=LABELS[m] + (" (diverged)" if bad else ""))
+        ax.bar(i, 0.0 if bad else row[column], color=colors[m], alpha=0.75,  # (named by the x ticks)
+               label=LABELS[m] + " (diverged)" if bad else "_nolegend_")
         if mem is not None:
             pts = mem[mem["method"] == m][column].to_numpy(dtype=float)
             ax.plot(np.full(len(pts), i), pts, "o", color="black", ms=3.5, alpha=0.7,

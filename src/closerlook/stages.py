@@ -330,19 +330,28 @@ def _train_loader(data: Mapping, training: Mapping, dev):
             DeviceLoader(xtr, ytr, 500, augment=False, shuffle=False, drop_last=False, **kw))
 
 
+def _from_base(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any, what: str):
+    """(base checkpoint, its model, training loader, BN loader, iterations) for FGE / SWA; None (outputs
+    written marked diverged) when the base run had diverged."""
+    b = _endpoint(base)
+    if b is None:
+        for out in outputs:
+            save_checkpoint(out, None, {"status": "diverged", f"{what}_base": str(base)})
+        return None
+    dev = resolve_device(device)
+    model = model_from_checkpoint(load_checkpoint(base), base).to(dev)
+    loader, bn_loader = _train_loader(data, training, dev)
+    return b, model, loader, bn_loader, int(training["budget_epochs"]) * len(loader)
+
+
 def fge(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any = "auto", log: Log = print) -> None:
     """Fast geometric ensembling from ``base``: one member checkpoint per output (Garipov's cyclic lr)."""
     from . import ensembles as ens
 
-    b = _endpoint(base)
-    if b is None:
-        for out in outputs:
-            save_checkpoint(out, None, {"status": "diverged", "fge_base": str(base)})
+    got = _from_base(base, outputs, training, data, device, "fge")
+    if got is None:
         return
-    dev = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(base), base).to(dev)
-    loader, _ = _train_loader(data, training, dev)
-    total = int(training["budget_epochs"]) * len(loader)
+    b, model, loader, _, total = got
     members = ens.train_fge(model, loader, training["optimizer"], total, len(outputs), float(training["lr_max"]),
                             float(training["lr_min"]), log=log)
     for k, (out, st) in enumerate(zip(outputs, members)):
@@ -354,14 +363,10 @@ def swa(base: str, out: str, training: Mapping, data: Mapping, device: Any = "au
     """SWA weights from ``base`` over the same extra budget as FGE (torch.optim.swa_utils), BN recomputed."""
     from . import ensembles as ens
 
-    b = _endpoint(base)
-    if b is None:
-        save_checkpoint(out, None, {"status": "diverged", "swa_base": str(base)})
+    got = _from_base(base, [out], training, data, device, "swa")
+    if got is None:
         return
-    dev = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(base), base).to(dev)
-    loader, bn_loader = _train_loader(data, training, dev)
-    total = int(training["budget_epochs"]) * len(loader)
+    b, model, loader, bn_loader, total = got
     state, n = ens.train_swa(model, loader, bn_loader, training["optimizer"], total, int(training["members"]),
                              float(training["swa_lr"]), log=log)
     save_checkpoint(out, state, {**b["meta"], "run": f"swa:{b['meta'].get('run')}", "swa_base": str(base),
