@@ -434,13 +434,13 @@ def ensemble_budgets(cfg: dict) -> dict[str, float]:
 
 def ensemble_training(cfg: dict) -> dict:
     """What FGE and SWA train with: the base run's batch, augmentation and optimizer; lrs from the block or the run."""
+    from .ensembles import resolve_lrs
+
     s, base = ensemble_settings(cfg), ensemble_base(cfg)
     run = resolve_run(cfg, base.run)
-    lr = float(run["optimizer"]["lr"])
-    lr_max = s["fge"]["lr_max"] or lr
     return {"batch_size": run["batch_size"], "augment": run["augment"], "optimizer": dict(run["optimizer"]),
-            "seed": base.seed, "members": s["members"], "budget_epochs": s["budget_epochs"], "lr_max": lr_max,
-            "lr_min": s["fge"]["lr_min"] or lr_max / 100.0, "swa_lr": s["swa"]["lr"] or 0.2 * lr}
+            "seed": base.seed, "members": s["members"], "budget_epochs": s["budget_epochs"],
+            **resolve_lrs(s, float(run["optimizer"]["lr"]))}
 
 
 def _check_extras(cfg: dict) -> None:

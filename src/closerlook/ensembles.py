@@ -50,6 +50,14 @@ ENSEMBLE_DEFAULTS: dict[str, Any] = {
     "members": 4, "budget_epochs": 4, "fge": {"lr_max": None, "lr_min": None}, "swa": {"lr": None},
     "curve_ts": None, "cka_images": 500, "eval_batch_size": 500,
 }
+FGE_LR_MIN_RATIO, SWA_LR_RATIO = 0.01, 0.2
+
+
+def resolve_lrs(settings: Mapping, base_lr: float) -> dict[str, float]:
+    """FGE's lr_max / lr_min and SWA's lr: the configured values, else the ratios above of the base run's lr."""
+    lr_max = float(settings["fge"].get("lr_max") or base_lr)
+    return {"lr_max": lr_max, "lr_min": float(settings["fge"].get("lr_min") or lr_max * FGE_LR_MIN_RATIO),
+            "swa_lr": float(settings["swa"].get("lr") or base_lr * SWA_LR_RATIO)}
 
 
 # --------------------------------------------------------------------------- training FGE and SWA
