@@ -287,6 +287,10 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
     tr, te = _eval_loaders(d, dev, s["eval_train_images"], s["eval_batch_size"])
     ts = landscape.path_points(s["points"])
     sa, sb = ({k: v.to(dev) for k, v in e["model"].items()} for e in (a, b))
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if "repaired" in outputs and has_bn:
+        raise ConfigError(f"{aligned_end}: REPAIR is for networks without BN (recomputing BN statistics already "
+                          "resets them); the aligned line is the corrected one")
     for kind, out in outputs.items():
         rep = _eval_loaders(d, dev, align_settings["repair_images"], s["eval_batch_size"])[0] if kind == "repaired" else None
         write_csv(align.evaluate_line(module, sa, sb, tr, te, ts, repair_loader=rep, label=kind, log=log), out)
