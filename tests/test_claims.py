@@ -110,6 +110,8 @@ def test_no_line_barrier_names_the_absent_premise(tmp_path):
     assert "line barrier: sgdr-w1-w3/seed0" in c["reason"] and "premise absent" in c["reason"]
     held = [p for p in c["premises"] if p["name"].startswith("line barrier")]
     assert held and not any(p["holds"] for p in held)
+    # nothing judged, but the reader still sees the premise's number as the main effect
+    assert c["effects"][0]["name"].startswith("line barrier") and c["effects"][0]["high"] <= 0.1
 
 
 def test_range_straddling_the_threshold_is_not_reproduced(tmp_path):

@@ -147,12 +147,12 @@ def _control(v: Verdict, reference: Mapping | None) -> None:
             v.premise(f"{name}: {label}/{inst}", ok, f"line {_num(lb)}, curve {_num(cb)}", rule)
 
 
-def _pair(v: Verdict, files: Mapping, where: str, layout: Mapping) -> float | None:
-    """One pair's numbers into ``measured``; its excess fraction when its unit premises hold."""
+def _pair(v: Verdict, files: Mapping, where: str, layout: Mapping) -> tuple[float | None, float]:
+    """One pair's numbers into ``measured``; (its excess fraction when its unit premises hold, its line barrier)."""
     bmin = float(v.rules["barrier_min_nats"])
     line, curve = _path(files, "line", where, v), _path(files, "curve", where, v)
     if line is None or curve is None:
-        return None
+        return None, float("nan")
     lb, cb = path_barrier(line), path_barrier(curve)
     v.measured[where] = {"line_barrier_nats": _num(lb), "curve_excess_nats": _num(cb),
                          "endpoint_train_loss": [_num(x) for x in _ends(line, "train_loss")],
@@ -161,21 +161,22 @@ def _pair(v: Verdict, files: Mapping, where: str, layout: Mapping) -> float | No
     barrier = v.premise(f"line barrier: {where}", math.isfinite(lb) and lb > bmin, lb, f"> {bmin:g} nats", blocking=False)
     if not (math.isfinite(lb) and math.isfinite(cb)):
         v.missing(f"{where} path", "NaN train loss")
-        return None
+        return None, lb
     v.measured[where]["excess_fraction"] = _num(cb / lb) if lb > 0 else None
-    return cb / lb if trained and barrier else None
+    return (cb / lb if trained and barrier else None), lb
 
 
 def _barrier_claim(cid: int, pairs: Mapping, layout: Mapping, run: str, rules: Mapping) -> dict:
     v = Verdict(cid, CLAIMS[cid], rules)
     _runs_trained(v, layout.get("metrics"), [run], layout)
     _control(v, layout.get("reference_pairs"))
-    units, kept = [], {}
+    units, kept, barriers = [], {}, {}
     for label, insts in (pairs or {}).items():
         for inst, files in (insts or {}).items():
             v.seed(inst)
             units.append(f"{label}/{inst}")
-            frac = _pair(v, files, f"{label}/{inst}", layout)
+            frac, lb = _pair(v, files, f"{label}/{inst}", layout)
+            barriers.setdefault(label, []).append(lb)
             if frac is not None:
                 kept.setdefault(label, []).append(frac)
     if not units:
@@ -187,6 +188,8 @@ def _barrier_claim(cid: int, pairs: Mapping, layout: Mapping, run: str, rules: M
     for label, fracs in kept.items():
         v.check(v.effect(f"curve excess / line barrier, {label}", fracs), lim, "below")
     _worst_first(v, 0)
+    for label, lbs in barriers.items():  # the premise's own number, shown even when no pair is judged
+        v.effect(f"line barrier (nats, premise), {label}", lbs)
     rule = (f"premises: {run} trained; the positive control shows a line barrier > {rules['barrier_min_nats']:g} nats "
             f"and a curve keeping <= {lim:g} of it; each pair's line barrier > {rules['barrier_min_nats']:g} nats "
             f"(else premise absent at this scale). Rule: per pair, curve excess / line barrier over seeds, whole "
