@@ -115,3 +115,15 @@ def test_failed_premise_is_never_a_verdict_on_the_paper():
     assert v.enough(["b"], ["a", "b"], "pairs")
     v.check(v.effect("gap", [0.3]), 0.05, "above")
     assert v.entry("r")["verdict"] == "reproduced"
+
+
+def test_subsamples_smaller_than_a_layer_give_nan_not_an_error():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 60))
+    rows = pd.DataFrame(S.layer_table({"l": x}, {"l": x + rng.standard_normal((200, 60))}, ["cca_mean", "linear_cka"],
+                                      n_shuffles=3, subsamples={"count": 2, "size": 40}))
+    sub = rows[rows["sample"] != "all"]
+    cca, cka = sub[sub["measure"] == "cca_mean"], sub[sub["measure"] == "linear_cka"]
+    assert cca[["value", "chance", "calibrated", "p_value"]].isna().all().all()  # 40 images < 60 neurons
+    assert np.isfinite(cka["calibrated"]).all()
+    assert np.isfinite(rows[rows["sample"] == "all"]["calibrated"]).all()

@@ -308,7 +308,7 @@ def comparison_instances(cfg: dict, name: str) -> dict[str, tuple[Endpoint, Endp
 
 
 def claim_rules(cfg: dict) -> dict:
-    """The config's claim thresholds; closerlook.claims.DEFAULT_RULES fills the rest."""
+    """The config's claim thresholds; closerlook.verdicts.DEFAULT_RULES fills the rest."""
     return dict(cfg.get("claims") or {})
 
 

@@ -1007,11 +1007,22 @@ def similarity_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
     return mat, la, lb
 
 
-def _values(x: Any, y: Any, measures: Sequence[str]) -> dict[str, float]:
-    """Every measure of one pair of arrays; statistics-based measures share one accumulator."""
+def _values(x: Any, y: Any, measures: Sequence[str], strict: bool = True) -> dict[str, float]:
+    """Every measure of one pair of arrays; statistics-based measures share one accumulator.
+
+    ``strict=False`` (subsamples): a measure that cannot be computed at this sample size (CCA with
+    fewer datapoints than neurons) gives NaN instead of raising."""
     stat = [m for m in measures if m in _STAT_MEASURES and np.ndim(x) == 2 and np.ndim(y) == 2]
     acc = CovarianceAccumulator.from_arrays(x, y) if stat else None
-    return {m: float(_STAT_MEASURES[m](acc)) if m in stat else measure(m, x, y) for m in measures}
+    out = {}
+    for m in measures:
+        try:
+            out[m] = float(_STAT_MEASURES[m](acc)) if m in stat else measure(m, x, y)
+        except ValueError:
+            if strict:
+                raise
+            out[m] = float("nan")
+    return out
 
 
 def _take(a: Any, idx: np.ndarray) -> Any:
@@ -1025,7 +1036,9 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
     vals: dict[str, list] = {m: [] for m in measures}
     for _ in range(int(n_shuffles)):
         sub = np.sort(rng.choice(n, size, replace=False)) if size else np.arange(n)
-        v = _values(_take(x, sub), _take(y, sub[rng.permutation(sub.size)]), measures)
+        with warnings.catch_warnings():  # the inflation SampleSizeWarning names is what this measures
+            warnings.simplefilter("ignore", SampleSizeWarning)
+            v = _values(_take(x, sub), _take(y, sub[rng.permutation(sub.size)]), measures, strict=size is None)
         for m in measures:
             vals[m].append(v[m])
     return {m: np.asarray(v, dtype=float) for m, v in vals.items()}
@@ -1044,12 +1057,13 @@ def subsample_indices(n: int, count: int, size: int | None, seed: int = 0) -> li
 def _row(name, idx, m, sample, n_img, value, shuffles, exclude_within) -> dict:
     from .verdicts import calibrated, permutation_p
 
-    ch = float(np.mean(shuffles)) if shuffles.size else float("nan")
+    finite = shuffles[np.isfinite(shuffles)]
+    ch = float(np.mean(finite)) if finite.size else float("nan")
     return {"layer": name, "layer_index": idx, "measure": m, "sample": sample, "n_images": int(n_img),
             "value": float(value), "chance": ch,
-            "chance_low": float(shuffles.min()) if shuffles.size else float("nan"),
-            "chance_high": float(shuffles.max()) if shuffles.size else float("nan"),
-            "p_value": permutation_p(value, shuffles) if shuffles.size else float("nan"),
+            "chance_low": float(finite.min()) if finite.size else float("nan"),
+            "chance_high": float(finite.max()) if finite.size else float("nan"),
+            "p_value": permutation_p(value, finite) if finite.size and np.isfinite(value) else float("nan"),
             "calibrated": calibrated(value, ch, exclude_within)}
 
 
@@ -1080,7 +1094,7 @@ def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
         subs = subsample_indices(n, sub["count"], sub.get("size"), seed)
         shuf_m = _chance_stats(x, y, measures, n_shuffles, subs[0].size, rng) if chance else none
         for b, ix in enumerate(subs):
-            v = _values(_take(x, ix), _take(y, ix), measures)
+            v = _values(_take(x, ix), _take(y, ix), measures, strict=False)
             rows += [_row(name, idx, m, f"s{b}", ix.size, v[m], shuf_m[m], exclude_within) for m in measures]
     return rows
 
