@@ -139,11 +139,21 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float) -> list[dict]:
         flops = 0.0
         for c, h, w in _layer_shapes(model_spec, info):
             flops += h * w * 3 * probe * c * c * 8
-        flops *= pairs * (2 if sim.get("chance") else 1)
+        flops *= pairs * _similarity_passes(sim, probe)
         sim_s = flops / (f64_tflops * 1e12)
-    rows.append({"stage": "similarity (DFT-CCA)", "count": f"{pairs} comparisons{' + chance' if sim.get('chance') else ''}, "
-                 f"at {f64_tflops:g} TFLOP/s float64", "epochs": None, "seconds": sim_s})
+    rows.append({"stage": "similarity (DFT-CCA)", "count": f"{pairs} comparisons x {_similarity_passes(sim, probe):.3g} "
+                 f"probe-set passes (chance shuffles, subsamples), at {f64_tflops:g} TFLOP/s float64",
+                 "epochs": None, "seconds": sim_s})
     return rows
+
+
+def _similarity_passes(sim: dict, probe: int) -> float:
+    """Whole-probe-set equivalents per comparison: the value, K shuffles, and B subsamples of m images
+    with K shuffles at m (closerlook.similarity.layer_table)."""
+    k = int(sim.get("chance_shuffles") or 0) if sim.get("chance") else 0
+    sub = sim.get("subsamples") or {}
+    b, m = int(sub.get("count") or 0), int(sub.get("size") or probe // 2)
+    return 1 + k + (b + (k if b else 0)) * m / probe
 
 
 def markdown(rows: list[dict], costs: dict, cfg_path: str, source: str) -> str:

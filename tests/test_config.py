@@ -47,7 +47,8 @@ def test_demo_extra_resolves_paths_members_and_budgets(extra):
     t = C.ensemble_training(extra)
     assert (t["lr_max"], t["lr_min"], t["swa_lr"]) == pytest.approx((0.02, 0.0002, 0.004))  # float products of 0.02
     layout, files = C.figure_layout(extra, "fig9_ensembles")
-    assert files == ["results/demo_extra/ensembles/seed0/ensembles.csv", "results/demo_extra/ensembles/seed0/members.csv"]
+    assert files == ["results/demo_extra/data/info.json",  # every layout names it: the trained-run premise's chance level
+                     "results/demo_extra/ensembles/seed0/ensembles.csv", "results/demo_extra/ensembles/seed0/members.csv"]
 
 
 @pytest.mark.parametrize("edit, key", [

@@ -349,8 +349,19 @@ def test_plane_grid_tables():
     assert (pts["distance"][:3] < 1e-8).all() and pts.loc[3, "distance"] > 0
     assert 0 < pts.loc[3, "rel_distance"] <= 1
     assert np.isfinite(grid[["train_loss", "test_loss"]].to_numpy()).all()
-    d = (pts.loc[1, "u"] - pts.loc[0, "u"])
-    assert grid["u"].min() == pytest.approx(min(0.0, pts.loc[2, "u"]) - 0.1 * (max(d, pts.loc[2, "u"]) - min(0.0, pts.loc[2, "u"])))
+    # the grid spans every point, projections included, plus the margin (no projection is clamped to an edge)
+    for ax in ("u", "v"):
+        lo, hi = pts[ax].min(), pts[ax].max()
+        assert grid[ax].min() == pytest.approx(lo - 0.1 * (hi - lo), rel=1e-12)
+        assert grid[ax].max() == pytest.approx(hi + 0.1 * (hi - lo), rel=1e-12)
+    # each point's own network evaluated (BN recomputed): w1's own loss is its line value at t = 0
+    assert np.isfinite(pts["train_loss"]).all() and pts["train_acc"].between(0, 1).all()
+    own = L.evaluate_path(C.line(net, w1, w2), loader, None, ts=[0.0, 1.0])
+    # same weights and data, BN recomputed either way: float32 forward, rel 1e-5
+    assert pts.loc[0, "train_loss"] == pytest.approx(own.loc[0, "train_loss"], rel=1e-5)
+    assert pts.loc[1, "train_loss"] == pytest.approx(own.loc[1, "train_loss"], rel=1e-5)
+    # the checkpoint's state dict is not touched by the BN recompute
+    assert all(torch.equal(extra[k], v) for k, v in trained_like_state(net, 4).items())
     # anchors' coordinates are exact, not projected residuals (~1e-17 of either sign on another CPU)
     d = (L.flat_parameters(net, w2) - L.flat_parameters(net, w1)).norm().item()
     assert pts.loc[0, ["u", "v", "distance"]].tolist() == [0.0, 0.0, 0.0]  # exact: set, not computed
@@ -515,6 +526,9 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
     assert list(grid.columns) == L.GRID_COLUMNS and len(grid) == 6
     assert pts["label"].tolist() == ["w1", "w2", "bend", "epoch3"]
     assert (pts["distance"][:3] < 1e-6).all() and pts.loc[3, "distance"] > 0
+    assert list(pts.columns) == L.POINT_COLUMNS and pts["train_loss"].notna().all()
+    assert grid["u"].min() <= pts["u"].min() and grid["u"].max() >= pts["u"].max()  # exact: linspace endpoints
+    assert grid["v"].min() <= pts["v"].min() and grid["v"].max() >= pts["v"].max()  # exact: linspace endpoints
 
 
 def test_cli_data_spec_file(tmp_path):
@@ -534,3 +548,16 @@ def test_cli_data_spec_file(tmp_path):
     ns.spec = str(tmp_path / "missing.yaml")
     with pytest.raises(C.ConfigError, match="does not exist"):
         C._data_spec(ns)
+
+
+def test_plane_grid_axes_contain_every_projection():
+    # anchors in [0, 1] x [0, 0.5]; one projection far outside on every side in turn
+    anchors = [{"u": 0.0, "v": 0.0}, {"u": 1.0, "v": 0.0}, {"u": 0.4, "v": 0.5}]
+    for far in ({"u": -3.0, "v": 0.2}, {"u": 5.0, "v": -2.0}, {"u": 0.5, "v": 7.0}):
+        us, vs = L.grid_axes(anchors + [far, {"u": float("nan"), "v": float("nan")}], (5, 4), 0.2)
+        assert len(us) == 5 and len(vs) == 4
+        for p in anchors + [far]:
+            assert us[0] < p["u"] < us[-1] or (p["u"] == us[0] == us[-1])
+            assert vs[0] < p["v"] < vs[-1]
+    us, vs = L.grid_axes(anchors, 3, 0.0)
+    assert us[0] == 0.0 and us[-1] == 1.0 and vs[0] == 0.0 and vs[-1] == 0.5  # exact: linspace endpoints, margin 0

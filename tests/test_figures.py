@@ -5,6 +5,7 @@ the six figures; its knobs set the quantities the seven claims measure.
 """
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -51,27 +52,36 @@ def metrics_csv(path: Path, *, epochs=7, ipe=8, final_acc=0.85, lr=0.05, diverge
     return _write(df, path)
 
 
-def sim_csv(path: Path, values, *, cka=None, chance=0.1, diverged=False, measures=("cca_mean", "linear_cka")) -> str:
+def sim_csv(path: Path, values, *, cka=None, chance=0.1, diverged=False, measures=("cca_mean", "linear_cka"),
+            sub_offsets=(0.0, 0.0, 0.0), deep=3) -> str:
+    """Rows for sample "all" and one per entry of ``sub_offsets`` (s0, s1, ...): the subsample's value is the
+    whole-set value + that offset in the last ``deep`` layers (so the depth profile differs by it)."""
     rows = []
+    samples = [("all", 0.0, 600)] + [(f"s{b}", off, 300) for b, off in enumerate(sub_offsets)]
     for i, layer in enumerate(LAYERS):
         for m in measures:
-            v = values[i] if m != "linear_cka" else (cka[i] if cka is not None else values[i] * 0.9)
-            rows.append({"a": "x", "b": "y", "layer": layer, "layer_index": i, "measure": m,
-                         "value": np.nan if diverged else v, "chance": chance, "status": "diverged" if diverged else "ok"})
+            for sample, off, n in samples:
+                v = values[i] if m != "linear_cka" else (cka[i] if cka is not None else values[i] * 0.9)
+                v = v + (off if i >= len(LAYERS) - deep else 0.0)
+                c = chance[i] if np.ndim(chance) else chance
+                rows.append({"a": "x", "b": "y", "layer": layer, "layer_index": i, "measure": m, "sample": sample,
+                             "n_images": n, "value": np.nan if diverged else v, "chance": c, "chance_low": c - 0.01,
+                             "chance_high": c + 0.01, "p_value": 1 / 21, "calibrated": (v - c) / (1 - c),
+                             "status": "diverged" if diverged else "ok"})
     return _write(pd.DataFrame(rows), path)
 
 
-def plane_csvs(d: Path, *, climb=3.0, final_offset=0.0, diverged=False, traj_on_curve=False) -> dict:
+def plane_csvs(d: Path, *, climb=3.0, diverged=False, traj_on_curve=False, plane_offset=0.0) -> dict:
     """Plane: w1=(0,0), w2=(1,0), bend=(0.5,0.6). Low-loss valley along the Bezier; a hill at (0.5,-0.4).
 
-    The trajectory goes w1 -> (0.5,-0.4) (loss = climb x base) -> w2 + final_offset, or along the
-    Bezier valley itself when ``traj_on_curve``.
+    The trajectory goes w1 -> (0.5,-0.4) -> w2, or along the Bezier valley itself when ``traj_on_curve``.
+    Own train losses (points.csv): 0.2 at w1/w2, 0.25 at epoch4/6, 0.2 x ``climb`` at epoch5; the curve's
+    max train loss (curve.csv) is 0.22. ``plane_offset`` is added to the projections' rel_distance.
     """
     u = np.linspace(-0.3, 1.3, 17)
     v = np.linspace(-0.7, 0.9, 17)
     uu, vv = np.meshgrid(u, v)
     base = 0.2
-    # distance to the Bezier curve (sampled)
     tb = np.linspace(0, 1, 201)[:, None]
     bez = (1 - tb) ** 2 * np.array([0, 0]) + 2 * tb * (1 - tb) * np.array([0.5, 0.6]) + tb ** 2 * np.array([1, 0])
     dist = np.min(np.hypot(uu.ravel()[:, None] - bez[:, 0], vv.ravel()[:, None] - bez[:, 1]), axis=1).reshape(uu.shape)
@@ -81,15 +91,22 @@ def plane_csvs(d: Path, *, climb=3.0, final_offset=0.0, diverged=False, traj_on_
                          "test_loss": 1.2 * loss.ravel(), "test_acc": 0.85})
     if diverged:
         grid.loc[grid.index % 7 == 0, ["train_loss", "test_loss"]] = np.nan
+    o = plane_offset
     pts = pd.DataFrame([
-        ("w1", 0.0, 0.0, 0.0, 0.0), ("w2", 1.0, 0.0, 0.0, 0.0), ("bend", 0.5, 0.6, 0.0, 0.0),
-        ("epoch3", 0.0, 0.0, 0.0, 0.0), ("epoch4", 0.25, -0.3, 0.1, 0.05), ("epoch5", 0.5, -0.4, 0.1, 0.04),
-        ("epoch6", 0.8, -0.2, 0.1, 0.03), ("epoch7", 1.0 + final_offset, final_offset, 0.0, 0.0)],
-        columns=["label", "u", "v", "distance", "rel_distance"])
+        ("w1", 0.0, 0.0, 0.0, 0.0, base), ("w2", 1.0, 0.0, 0.0, 0.0, base), ("bend", 0.5, 0.6, 0.0, 0.0, 0.9),
+        ("epoch3", 0.0, 0.0, 0.0, 0.0, base), ("epoch4", 0.25, -0.3, 0.1, 0.05 + o, 0.25),
+        ("epoch5", 0.5, -0.4, 0.1, 0.04 + o, base * climb), ("epoch6", 0.8, -0.2, 0.1, 0.03 + o, 0.25),
+        ("epoch7", 1.0, 0.0, 0.0, 0.0, base)],
+        columns=["label", "u", "v", "distance", "rel_distance", "train_loss"])
+    pts["train_acc"] = 0.9
+    if diverged:
+        pts["train_loss"] = np.nan
+        pts["status"] = "diverged"
     if traj_on_curve:
         for k, t in zip((4, 5, 6), (0.25, 0.5, 0.75)):
             pts.loc[k, ["u", "v"]] = [2 * t * (1 - t) * 0.5 + t ** 2, 2 * t * (1 - t) * 0.6]
-    return {"grid": _write(grid, d / "grid.csv"), "points": _write(pts, d / "points.csv")}
+    return {"grid": _write(grid, d / "grid.csv"), "points": _write(pts, d / "points.csv"),
+            "curve": path_csv(d / "curve.csv", kind="curve", end_losses=(base, base), bump=0.02)}
 
 
 def spec(name, *, lr=0.05, batch=50, warmup=0, freeze=None, schedule=None, epochs=7):
@@ -101,26 +118,22 @@ def spec(name, *, lr=0.05, batch=50, warmup=0, freeze=None, schedule=None, epoch
 DEEP_WARM = [0.9, 0.88, 0.8, 0.75, 0.7, 0.65]
 
 
-def make_world(root: Path, *, seeds=("seed0",), sgdr_line=0.5, sgdr_curve=0.02, sgd_line=0.5, sgd_curve=0.02,
-               climb=3.0, final_offset=0.0, traj_on_curve=False, robust_dip=0.02, nowarm_deep_drop=0.3, shallow_jitter=0.01,
-               acc_warm=0.86, acc_nowarm=0.80, acc_freeze=0.85, acc_sb=0.87, distill_deep_gain=0.2,
-               distill_shallow_diff=0.01, diverge: tuple = ()) -> dict:
-    """All six layouts. ``diverge`` names parts to mark diverged: 'sgdr_pair', 'plane', 'nowarm', 'distilled', 'G-B'."""
-    root = Path(root)
-    L: dict = {}
-    # fig1
+def _fig1(root: Path, seeds, robust_dip, ga_end_acc, diverge) -> dict:
     curves = {}
     for lab in ["G-A", "G-B", "G-C", "G-D", "G-E", "G-F"]:
         curves[lab] = {}
+        ends = (0.9, ga_end_acc) if lab == "G-A" and ga_end_acc is not None else (0.9, 0.88)
         for k, s in enumerate(seeds):
             d = root / "curves" / lab / s
             dv = lab in diverge
-            curves[lab][s] = {"curve": path_csv(d / "curve.csv", kind="curve", bump=0.05, acc_dip=robust_dip + 0.01 * k, diverged=dv),
-                              "line": path_csv(d / "line.csv", kind="line", bump=1.5, acc_dip=0.5, diverged=dv)}
-    L["fig1_robustness"] = {"curves": curves}
+            curves[lab][s] = {"curve": path_csv(d / "curve.csv", kind="curve", bump=0.05, acc_end=ends,
+                                                acc_dip=robust_dip + 0.01 * k, diverged=dv),
+                              "line": path_csv(d / "line.csv", kind="line", bump=1.5, acc_end=ends, acc_dip=0.5, diverged=dv)}
+    return {"curves": curves}
 
-    # fig2
-    def pairs(prefix, labels, line, curve, dv=False):
+
+def _fig2(root: Path, seeds, sgdr_line, sgdr_curve, sgd_line, sgd_curve, ref_line, ref_curve, sgdr_acc, diverge) -> dict:
+    def pairs(labels, line, curve, dv=False):
         out = {}
         for lab in labels:
             out[lab] = {}
@@ -130,63 +143,98 @@ def make_world(root: Path, *, seeds=("seed0",), sgdr_line=0.5, sgdr_curve=0.02, 
                                "line": path_csv(d / "line.csv", kind="line", bump=line + 0.05 * k, diverged=dv)}
         return out
     sgdr_spec = spec("sgdr", schedule={"name": "sgdr", "T0": 1, "Tmult": 2, "lr_min": 1e-6})
-    L["fig2_sgdr"] = {
-        "metrics": {"SGDR": {s: metrics_csv(root / "runs/sgdr" / s / "metrics.csv") for s in seeds},
+    return {
+        "metrics": {"SGDR": {s: metrics_csv(root / "runs/sgdr" / s / "metrics.csv", final_acc=sgdr_acc) for s in seeds},
                     "SGD": {s: metrics_csv(root / "runs/sgd" / s / "metrics.csv") for s in seeds}},
         "specs": {"SGDR": sgdr_spec, "SGD": spec("sgd")},
-        "sgdr_pairs": pairs("sgdr", ["sgdr-w1-w3", "sgdr-w3-w7"], sgdr_line, sgdr_curve, "sgdr_pair" in diverge),
-        "sgd_pairs": pairs("sgd", ["sgd-w3-w5"], sgd_line, sgd_curve),
-        "reference_pairs": pairs("ref", ["seeds-s0-s1"], 2.0, 0.05),
+        "sgdr_pairs": pairs(["sgdr-w1-w3", "sgdr-w3-w7"], sgdr_line, sgdr_curve, "sgdr_pair" in diverge),
+        "sgd_pairs": pairs(["sgd-w3-w5"], sgd_line, sgd_curve),
+        "reference_pairs": _aligned_autoneb(root, seeds, pairs(["seeds-s0-s1"], ref_line, ref_curve)),
     }
-    for s in seeds:  # the reference pair also aligned and connected by AutoNEB (closerlook.align / autoneb)
+
+
+def _aligned_autoneb(root: Path, seeds, ref: dict) -> dict:
+    """The reference pair also aligned and connected by AutoNEB (closerlook.align / autoneb)."""
+    for s in seeds:
         d = root / "curves" / "seeds-s0-s1" / s
-        L["fig2_sgdr"]["reference_pairs"]["seeds-s0-s1"][s].update(
-            aligned=path_csv(d / "aligned.csv", kind="aligned", bump=0.4),
-            autoneb=path_csv(d / "autoneb.csv", kind="autoneb", bump=0.1))
-    # fig3
-    L["fig3_plane"] = plane_csvs(root / "planes/sgdr/seed0", climb=climb, final_offset=final_offset, traj_on_curve=traj_on_curve,
-                                 diverged="plane" in diverge)
-    # fig4 / fig5
-    shallow_n = 3
-    def sim_vals(drop, jitter):
-        v = np.array(DEEP_WARM, dtype=float)
-        v[:shallow_n] += jitter
-        v[-shallow_n:] -= drop
-        return v
+        ref["seeds-s0-s1"][s].update(aligned=path_csv(d / "aligned.csv", kind="aligned", bump=0.4),
+                                     autoneb=path_csv(d / "autoneb.csv", kind="autoneb", bump=0.1))
+    return ref
+
+
+def _sim_vals(drop, jitter, shallow_n=3):
+    v = np.array(DEEP_WARM, dtype=float)
+    v[:shallow_n] += jitter
+    v[-shallow_n:] -= drop
+    return v
+
+
+def _fig45(root: Path, seeds, accs, vals, sub_spread, diverge) -> dict:
     specs = {"LB no warmup": spec("lb_nowarmup", lr=0.25, batch=500),
              "LB warmup": spec("lb_warmup", lr=0.25, batch=500, warmup=16),
              "SB": spec("sgd"),
              "LB frozen FC": spec("lb_freeze", lr=0.25, batch=500, freeze={"groups": ["classifier"], "iterations": 16})}
-    accs = {"LB no warmup": acc_nowarm, "LB warmup": acc_warm, "SB": acc_sb, "LB frozen FC": acc_freeze}
-    vals = {"LB no warmup": sim_vals(nowarm_deep_drop, shallow_jitter), "LB warmup": sim_vals(0.0, 0.0),
-            "SB": sim_vals(0.0, -shallow_jitter), "LB frozen FC": sim_vals(nowarm_deep_drop / 3, 0.0)}
     runs_dir = {"LB no warmup": "lb_nowarmup", "LB warmup": "lb_warmup", "SB": "sgd", "LB frozen FC": "lb_freeze"}
+    out = {}
     for fig, labels in (("fig4_warmup", ["LB no warmup", "LB warmup", "SB"]),
                         ("fig5_freeze", ["LB no warmup", "LB warmup", "LB frozen FC"])):
-        L[fig] = {"metrics": {}, "specs": {}, "similarity": {}}
+        L = out[fig] = {"metrics": {}, "specs": {}, "similarity": {},
+                        "baseline": {"s0-s1": sim_csv(root / "similarity/init-sgd/s0-s1.csv", [0.2] * 6)}}
         for lab in labels:
             dv = lab == "LB no warmup" and "nowarm" in diverge
-            L[fig]["specs"][lab] = specs[lab]
-            L[fig]["metrics"][lab] = {s: metrics_csv(root / "runs" / runs_dir[lab] / s / "metrics.csv",
-                                                     final_acc=accs[lab] + 0.002 * k, ipe=8 if "LB" in lab else 80,
-                                                     lr=0.25 if "LB" in lab else 0.05, diverged_at=3 if dv else None)
-                                      for k, s in enumerate(seeds)}
-            L[fig]["similarity"][lab] = {s: sim_csv(root / "similarity" / f"warmup-{runs_dir[lab]}" / f"{s}.csv",
-                                                    vals[lab] + 0.005 * k, diverged=dv) for k, s in enumerate(seeds)}
-    # fig6
+            subs = (-sub_spread, 0.0, sub_spread) if lab == "LB warmup" else (0.0, 0.0, 0.0)
+            L["specs"][lab] = specs[lab]
+            L["metrics"][lab] = {s: metrics_csv(root / "runs" / runs_dir[lab] / s / "metrics.csv",
+                                                final_acc=accs[lab] + 0.002 * k, ipe=8 if "LB" in lab else 80,
+                                                lr=0.25 if "LB" in lab else 0.05, diverged_at=3 if dv else None)
+                                 for k, s in enumerate(seeds)}
+            L["similarity"][lab] = {s: sim_csv(root / "similarity" / f"warmup-{runs_dir[lab]}" / f"{s}.csv",
+                                               vals[lab] + 0.005 * k, diverged=dv, sub_offsets=subs)
+                                    for k, s in enumerate(seeds)}
+    return out
+
+
+def _fig6(root: Path, seeds, distill_deep_gain, distill_shallow_diff, sub_spread, diverge, shallow_n=3) -> dict:
     indep = np.array(DEEP_WARM)
     dist = indep.copy()
     dist[:shallow_n] += distill_shallow_diff
     dist[-shallow_n:] += distill_deep_gain
     dist = np.minimum(dist, 1.0)
-    L["fig6_distill"] = {
-        "similarity": {"distilled": {s: sim_csv(root / "similarity/distill-distilled" / f"{s}.csv", dist,
+    subs = (-sub_spread, 0.0, sub_spread)
+    return {
+        "similarity": {"distilled": {s: sim_csv(root / "similarity/distill-distilled" / f"{s}.csv", dist, sub_offsets=subs,
                                                 diverged="distilled" in diverge) for s in seeds},
                        "independent": {s: sim_csv(root / "similarity/distill-independent" / f"{s}.csv", indep) for s in seeds}},
         "metrics": {"distilled": {s: metrics_csv(root / "runs/distilled" / s / "metrics.csv", final_acc=0.86) for s in seeds},
                     "independent": {s: metrics_csv(root / "runs/sgd1" / s / "metrics.csv", final_acc=0.85) for s in seeds}},
+        "baseline": {"s0-s1": sim_csv(root / "similarity/init-sgd/s0-s1.csv", [0.2] * 6)},
     }
+
+
+def make_world(root: Path, *, seeds=("seed0",), sgdr_line=0.5, sgdr_curve=0.02, sgd_line=0.5, sgd_curve=0.02,
+               ref_line=2.0, ref_curve=0.0, sgdr_acc=0.85, climb=3.0, traj_on_curve=False, plane_offset=0.0,
+               robust_dip=0.02, ga_end_acc=None, nowarm_deep_drop=0.3, shallow_jitter=0.01, frozen_deep_drop=0.0,
+               acc_warm=0.86, acc_nowarm=0.80, acc_freeze=0.85, acc_sb=0.87, distill_deep_gain=0.2,
+               distill_shallow_diff=0.01, sub_spread=0.0, num_classes=10, diverge: tuple = ()) -> dict:
+    """All six layouts (10 classes: chance accuracy 0.1). ``diverge`` names parts to mark diverged:
+    'sgdr_pair', 'plane', 'nowarm', 'distilled', 'G-B', 'ensembles'."""
+    root = Path(root)
+    info = root / "data" / "info.json"
+    info.parent.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps({"info": {"num_classes": num_classes}}))
+    accs = {"LB no warmup": acc_nowarm, "LB warmup": acc_warm, "SB": acc_sb, "LB frozen FC": acc_freeze}
+    vals = {"LB no warmup": _sim_vals(nowarm_deep_drop, shallow_jitter), "LB warmup": _sim_vals(0.0, 0.0),
+            "SB": _sim_vals(0.0, -shallow_jitter), "LB frozen FC": _sim_vals(frozen_deep_drop, 0.0)}
+    L = {"fig1_robustness": _fig1(root, seeds, robust_dip, ga_end_acc, diverge),
+         "fig2_sgdr": _fig2(root, seeds, sgdr_line, sgdr_curve, sgd_line, sgd_curve, ref_line, ref_curve, sgdr_acc, diverge),
+         "fig3_plane": plane_csvs(root / "planes/sgdr/seed0", climb=climb, traj_on_curve=traj_on_curve,
+                                  plane_offset=plane_offset, diverged="plane" in diverge),
+         **_fig45(root, seeds, accs, vals, sub_spread, diverge),
+         "fig6_distill": _fig6(root, seeds, distill_deep_gain, distill_shallow_diff, sub_spread, diverge)}
+    L["fig3_plane"]["metrics"] = {"sgdr": L["fig2_sgdr"]["metrics"]["SGDR"]}
     L["fig9_ensembles"] = ensemble_csvs(root / "ensembles" / "seed0", diverged="ensembles" in diverge)
+    for lay in L.values():
+        lay["data_info"] = str(info)
     return L
 
 
@@ -271,8 +319,7 @@ def test_unknown_figure_name():
 
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("broken"),
-                      diverge=("sgdr_pair", "plane", "nowarm", "distilled", "G-B", "ensembles"))
+    return make_world(tmp_path_factory.mktemp("broken"), diverge=("sgdr_pair", "plane", "nowarm", "distilled", "G-B", "ensembles"))
 
 
 @pytest.mark.parametrize("name", figures.FIGURES)
@@ -315,6 +362,32 @@ def test_plane_helpers():
     assert np.allclose(b, [[0, 0], [0.5, 0.5], [1, 0]])
     df = pd.DataFrame({"t": T, "train_loss": 0.3 + 0.7 * 4 * T * (1 - T)})
     assert tables.path_barrier(df) == pytest.approx(0.7)
+
+
+def test_runs_failing_the_trained_premise_are_marked(tmp_path):
+    world = make_world(tmp_path, acc_nowarm=0.1, ga_end_acc=0.1, sgdr_acc=0.1)
+    for name in ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze"):
+        texts = all_texts(figures.build_figure(name, world[name], OPTIONS[name]))
+        assert figures.UNTRAINED in texts, name
+    # the threshold is claims.md's (config claims.min_acc_above_chance): 0.1 is not > 1/10 + 0
+    ok = make_world(tmp_path / "ok")
+    assert figures.UNTRAINED not in all_texts(figures.build_figure("fig4_warmup", ok["fig4_warmup"], OPTIONS["fig4_warmup"]))
+    marks = figures.untrained_marks(world["fig4_warmup"]["metrics"], world["fig4_warmup"],
+                                    {"claims": {"min_acc_above_chance": 0.0}})
+    assert marks["LB no warmup"] == [figures.UNTRAINED] and marks["LB warmup"] == []
+
+
+def test_similarity_panels_draw_chance_band_and_random_init_baseline(world):
+    fig = figures.build_figure("fig4_warmup", world["fig4_warmup"], OPTIONS["fig4_warmup"])
+    texts = all_texts(fig)
+    assert "chance (one side shuffled: min-max of the shuffles)" in texts
+    assert "random init (two untrained seeds)" in texts
+    ax = next(a for a in fig.axes if a.get_title().startswith("(c)"))
+    band = [c for c in ax.collections if "chance" in str(c.get_label())]
+    assert band, "no chance band"
+    ys = band[0].get_paths()[0].vertices[:, 1]
+    # sim_csv: chance 0.1 +- 0.01 in every layer
+    assert ys.min() == pytest.approx(0.09, abs=1e-9) and ys.max() == pytest.approx(0.11, abs=1e-9)
 
 
 def _texts_ticks_tables(fig) -> str:

@@ -308,7 +308,7 @@ def comparison_instances(cfg: dict, name: str) -> dict[str, tuple[Endpoint, Endp
 
 
 def claim_rules(cfg: dict) -> dict:
-    """The config's claim thresholds; closerlook.claims.DEFAULT_RULES fills the rest."""
+    """The config's claim thresholds; closerlook.verdicts.DEFAULT_RULES fills the rest."""
     return dict(cfg.get("claims") or {})
 
 
@@ -626,6 +626,8 @@ def _check_figures(cfg: dict, sim: dict) -> None:
             f = figs[fig]
             need("run", (f.get("runs") or {}).values(), runs, f"{fig}.runs")
             need("similarity comparison", f["comparisons"].values(), sim["comparisons"], f"{fig}.comparisons")
+            if f.get("baseline"):
+                need("similarity comparison", [f["baseline"]], sim["comparisons"], f"{fig}.baseline")
             m = f.get("measure", "cca_mean")
             if m not in sim["measures"]:
                 raise ConfigError(f"config key figures.{fig}.measure: {m!r} is not computed (similarity.measures: {sim['measures']})")
@@ -654,8 +656,40 @@ class _Inputs:
         return run_spec(self.cfg, run, resolve_run(self.cfg, run)["seeds"][0])
 
 
+def _plane_layout(cfg: dict, inp: _Inputs, plane: str) -> dict:
+    """The plane's grid and points, the curve.csv of the curve it is built on, the projected run's metrics."""
+    p = cfg["planes"][plane]
+    inst = next(iter(curve_instances(cfg, p["curve"])))
+    layout = {k: inp.file(paths.plane_file(inp.R, plane, inst, f"{k}.csv")) for k in ("grid", "points")}
+    layout["curve"] = inp.file(paths.path_table(inp.R, p["curve"], inst, "curve"))
+    proj = plane_projection(cfg, plane, inst)
+    if proj:
+        layout["metrics"] = {proj[0].run: {f"seed{proj[0].seed}": inp.file(paths.run_metrics(inp.R, proj[0].run, proj[0].seed))}}
+    return layout
+
+
+def _similarity_layout(cfg: dict, inp: _Inputs, f: dict) -> dict:
+    def tables(comp: str) -> dict:
+        return {inst: inp.file(paths.similarity_table(inp.R, comp, inst)) for inst in comparison_instances(cfg, comp)}
+
+    runs = f.get("runs") or {
+        label: similarity_settings(cfg)["comparisons"][comp]["b"]["run"] for label, comp in f["comparisons"].items()
+    }
+    layout = {
+        "metrics": {label: inp.metrics(run) for label, run in runs.items()},
+        "specs": {label: inp.spec(run) for label, run in runs.items()},
+        "similarity": {label: tables(comp) for label, comp in f["comparisons"].items()},
+        "measure": f.get("measure", "cca_mean"),
+    }
+    if f.get("baseline"):
+        layout["baseline"] = tables(f["baseline"])
+    return layout
+
+
 def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
-    """The nested dict of input paths a figure (and the claims) reads, and its flat file list."""
+    """The nested dict of input paths a figure (and the claims) reads, and its flat file list.
+
+    Every layout has ``data_info`` (the data set's number of classes: the trained-run premise)."""
     inp = _Inputs(cfg)
     f = (cfg.get("figures") or {})[fig]
     if fig == "fig1_robustness":
@@ -672,21 +706,10 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
         inst = ensemble_inst(cfg)
         layout = {k: {inst: inp.file(paths.ensemble_table(inp.R, inst, k))} for k in ("ensembles", "members")}
     elif fig == "fig3_plane":
-        plane = f["plane"]
-        inst = next(iter(curve_instances(cfg, cfg["planes"][plane]["curve"])))
-        layout = {k: inp.file(paths.plane_file(inp.R, plane, inst, f"{k}.csv")) for k in ("grid", "points")}
+        layout = _plane_layout(cfg, inp, f["plane"])
     else:
-        sims = {label: {inst: inp.file(paths.similarity_table(inp.R, comp, inst)) for inst in comparison_instances(cfg, comp)}
-                for label, comp in f["comparisons"].items()}
-        runs = f.get("runs") or {
-            label: similarity_settings(cfg)["comparisons"][comp]["b"]["run"] for label, comp in f["comparisons"].items()
-        }
-        layout = {
-            "metrics": {label: inp.metrics(run) for label, run in runs.items()},
-            "specs": {label: inp.spec(run) for label, run in runs.items()},
-            "similarity": sims,
-            "measure": f.get("measure", "cca_mean"),
-        }
+        layout = _similarity_layout(cfg, inp, f)
+    layout["data_info"] = inp.file(paths.data_info(inp.R))
     return layout, sorted(inp.files)
 
 
@@ -695,6 +718,7 @@ def figure_options(cfg: dict, fig: str) -> dict:
     figs = cfg.get("figures") or {}
     opts = dict(figs[fig])
     opts["format"] = figure_formats(cfg)
+    opts["claims"] = claim_rules(cfg)  # the trained-run premise marks runs in the figures as in claims.md
     if "dpi" in figs:
         opts["dpi"] = figs["dpi"]
     return opts

@@ -39,9 +39,10 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from . import verdicts as V  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .paths import FIGURE_FORMATS, FIGURES  # noqa: E402
-from .tables import ANCHORS, epoch_key, path_barrier, plane_arrays, read_table, read_tables  # noqa: E402
+from .tables import ANCHORS, epoch_key, path_barrier, plane_arrays, read_table, read_tables, whole_sample  # noqa: E402
 
 DEFAULT_DPI = 150
 
@@ -52,6 +53,41 @@ DEFAULT_DPI = 150
 def _decorate(label: str, problems: Sequence[str | None]) -> str:
     probs = sorted({p for p in problems if p})
     return f"{label} ({', '.join(probs)})" if probs else label
+
+
+UNTRAINED = "failed premise: not trained"
+
+
+def _margin(options: Mapping) -> float:
+    return float(V.rules_with_defaults((options or {}).get("claims"))["min_acc_above_chance"])
+
+
+def untrained_marks(metrics: Mapping | None, layout: Mapping, options: Mapping) -> dict[str, list[str]]:
+    """Per run label: ``[UNTRAINED]`` for each seed whose run fails the trained-run premise of
+    claims.md (:func:`closerlook.verdicts.run_trained`: same rule, same threshold); diverged runs
+    are marked by their status already."""
+    k = V.read_num_classes((layout or {}).get("data_info"))
+    out: dict[str, list[str]] = {}
+    for label, insts in (metrics or {}).items():
+        out[label] = []
+        for inst, path in sorted((insts or {}).items()):
+            df, prob = read_table(path)
+            if k and prob is None and not V.run_trained(df, prob, k, _margin(options), inst)["holds"]:
+                out[label].append(UNTRAINED)
+    return out
+
+
+def _endpoints_untrained(tables: Mapping[str, Mapping], layout: Mapping, options: Mapping) -> list[str]:
+    """``[UNTRAINED]`` when an endpoint of a path (test accuracy at t = 0 or 1) fails the trained-run premise."""
+    k = V.read_num_classes((layout or {}).get("data_info"))
+    out = []
+    for t in tables.values():
+        df = t.get("curve") if t.get("curve") is not None else t.get("line")
+        if k and df is not None and "test_acc" in df.columns and len(df):
+            a = df.sort_values("t")["test_acc"].to_numpy(dtype=float)
+            if not V.trained(min(a[0], a[-1]), k, _margin(options), "endpoints")["holds"]:
+                out.append(UNTRAINED)
+    return out
 
 
 def _note(ax, lines: Sequence[str]) -> None:
@@ -136,7 +172,8 @@ def _layer_table(paths: Mapping[str, Any], measure: str) -> tuple[dict[str, pd.D
         problems.append(prob)
         if df is None or "measure" not in df.columns:
             continue
-        d = df[df["measure"].astype(str) == measure]
+        d = whole_sample(df)
+        d = d[d["measure"].astype(str) == measure]
         if d.empty:
             problems.append(f"no {measure}")
             continue
@@ -256,6 +293,7 @@ def fig1_robustness(layout: Mapping, options: Mapping) -> Figure:
     notes = []
     for k, label in enumerate(curves):
         tables, probs = _path_tables(curves[label])
+        probs = list(probs) + _endpoints_untrained(tables, layout, options)
         name = _decorate(label, probs)
         if any(probs):
             notes.append(f"{label}: {', '.join(sorted({p for p in probs if p}))}")
@@ -305,8 +343,10 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
     colors = {"SGDR": "tab:blue", "SGD": "tab:orange"}
     notes_a, notes_b = [], []
     max_epoch = 0.0
+    untrained = untrained_marks(metrics, layout, options)
     for run in ("SGDR", "SGD"):
         dfs, probs = read_tables(metrics.get(run, {}))
+        probs = list(probs) + untrained.get(run, [])
         name = _decorate(run, probs)
         if any(probs):
             notes_a.append(f"{run}: {', '.join(sorted({p for p in probs if p}))}")
@@ -345,7 +385,13 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
     _note(ax_e, _draw_pairs(ax_e, layout.get("reference_pairs", {}), "train_loss",
                             "(e) reference: two seeds of one recipe", colors=["dimgray", "black", "silver"]))
 
-    # (f) the numbers the claims use: barrier heights in nats
+    _barrier_table(ax_f, layout)
+    fig.suptitle("Fig. 2 - SGDR vs step-decay SGD seen through mode connectivity")
+    return fig
+
+
+def _barrier_table(ax_f, layout: Mapping) -> None:
+    """(f) the numbers the claims use: barrier heights in nats (aligned / AutoNEB columns when a pair has them)."""
     rows, extra = [], []
     for group, key in (("SGDR", "sgdr_pairs"), ("SGD", "sgd_pairs"), ("ref", "reference_pairs")):
         for label, insts in (layout.get(key, {}) or {}).items():
@@ -368,8 +414,6 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
         tab.scale(1.0, 1.3)
     ax_f.text(0.0, 0.02, "barrier = max over t of the loss - max(loss at t=0, t=1);\n"
               "nan = path diverged or missing", transform=ax_f.transAxes, fontsize=7, va="bottom")
-    fig.suptitle("Fig. 2 - SGDR vs step-decay SGD seen through mode connectivity")
-    return fig
 
 
 def _fmt(x: float) -> str:
@@ -381,23 +425,30 @@ def bezier(p0, p1, p2, n: int = 101) -> np.ndarray:
     return (1 - t) ** 2 * np.asarray(p0) + 2 * t * (1 - t) * np.asarray(p1) + t ** 2 * np.asarray(p2)
 
 
+def _plane_points(points: pd.DataFrame | None) -> tuple[dict, pd.DataFrame | None, float]:
+    """(anchor label -> (u, v), projected iterates in epoch order, their max rel_distance)."""
+    anchors, traj, max_rel = {}, None, float("nan")
+    if points is None or not {"label", "u", "v"} <= set(points.columns):
+        return anchors, traj, max_rel
+    pts = points.copy()
+    pts["label"] = pts["label"].astype(str)
+    for a in ANCHORS:
+        r = pts[pts["label"] == a]
+        if not r.empty and np.isfinite(r[["u", "v"]].to_numpy(dtype=float)).all():
+            anchors[a] = r[["u", "v"]].to_numpy(dtype=float)[0]
+    traj = pts[~pts["label"].isin(ANCHORS)].copy()
+    traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
+    if "rel_distance" in traj.columns and np.isfinite(traj["rel_distance"].to_numpy(dtype=float)).any():
+        max_rel = float(np.nanmax(traj["rel_distance"].to_numpy(dtype=float)))
+    return anchors, traj, max_rel
+
+
 def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
     grid, gprob = read_table(layout.get("grid"))
     points, pprob = read_table(layout.get("points"))
     fig = Figure(figsize=(13, 5.4), layout="constrained")
     axes = fig.subplots(1, 2)
-    anchors, traj, max_rel = {}, None, float("nan")
-    if points is not None and {"label", "u", "v"} <= set(points.columns):
-        pts = points.copy()
-        pts["label"] = pts["label"].astype(str)
-        for a in ANCHORS:
-            r = pts[pts["label"] == a]
-            if not r.empty and np.isfinite(r[["u", "v"]].to_numpy(dtype=float)).all():
-                anchors[a] = r[["u", "v"]].to_numpy(dtype=float)[0]
-        traj = pts[~pts["label"].isin(ANCHORS)].copy()
-        traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
-        if "rel_distance" in traj.columns and np.isfinite(traj["rel_distance"].to_numpy(dtype=float)).any():
-            max_rel = float(np.nanmax(traj["rel_distance"].to_numpy(dtype=float)))
+    anchors, traj, max_rel = _plane_points(points)
     for ax, col, title in ((axes[0], "train_loss", "(a) train loss"), (axes[1], "test_loss", "(b) test (validation) loss")):
         notes = [f"grid: {gprob}" if gprob else "", f"points: {pprob}" if pprob else ""]
         if grid is not None and {"u", "v", col} <= set(grid.columns) and np.isfinite(grid[col]).any():
@@ -447,6 +498,8 @@ def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
         _legend(ax, loc="upper right")
         _note(ax, notes)
     rel = f"max distance of projected iterates from the plane: {100 * max_rel:.1f} % of ||w - w1||" if np.isfinite(max_rel) else "no projected iterates"
+    bad = [f"{run}: {UNTRAINED}" for run, m in untrained_marks(layout.get("metrics"), layout, options).items() if m]
+    rel += "".join(f"; {b}" for b in bad)
     fig.suptitle(f"Fig. 3 - loss surface on the plane through w1, w2 and the curve's bend\n{rel}")
     return fig
 
@@ -463,42 +516,61 @@ def _run_roles(specs: Mapping[str, Mapping] | None) -> dict[str, float]:
     return out
 
 
-def _similarity_panel(ax, sim: Mapping[str, Mapping[str, Any]], measure: str, colors, title: str,
-                      ylabel: str | None = None) -> None:
-    notes, layer_names = [], {}
-    per_label = {}
-    for label in sim or {}:
-        tabs, probs = _layer_table(sim[label], measure)
-        per_label[label] = (tabs, probs)
+def _layer_positions(per_label: Mapping[str, tuple]) -> tuple[dict[int, str], dict[int, int]]:
+    layer_names: dict[int, str] = {}
+    for tabs, _ in per_label.values():
         for d in tabs.values():
             for i, n in zip(d["layer_index"], d["layer"]):
                 if np.isfinite(i):
                     layer_names.setdefault(int(i), str(n))
     order = sorted(layer_names)
-    pos = {i: k for k, i in enumerate(order)}
-    chance_drawn = False
+    return layer_names, {i: k for k, i in enumerate(order)}
+
+
+def _by_layer(d: pd.DataFrame, column: str, pos: Mapping[int, int]) -> pd.Series:
+    return pd.Series(d[column].to_numpy(dtype=float), index=[pos.get(int(i), np.nan) for i in d["layer_index"]])
+
+
+def _chance_band(ax, tabs_all: Sequence[pd.DataFrame], pos: Mapping[int, int]) -> None:
+    """The shuffle-chance level as a band: min to max over the K shuffles (and over seeds and runs)."""
+    cols = [c for c in ("chance_low", "chance_high") if all(c in d.columns for d in tabs_all)]
+    if len(cols) == 2 and tabs_all:
+        x, _, lo, _ = _aggregate([_by_layer(d, "chance_low", pos) for d in tabs_all])
+        _, _, _, hi = _aggregate([_by_layer(d, "chance_high", pos) for d in tabs_all])
+        if x.size and np.isfinite(hi).any():
+            ax.fill_between(x, lo, hi, color="grey", alpha=0.3, lw=0, label="chance (one side shuffled: min-max of the shuffles)")
+            return
+    ch = [_by_layer(d, "chance", pos) for d in tabs_all if "chance" in d.columns]
+    x, m, _, _ = _aggregate(ch)
+    if x.size and np.isfinite(m).any():
+        ax.plot(x, m, color="grey", ls="--", lw=1.0, alpha=0.8, label="chance (one side shuffled)")
+
+
+def _similarity_panel(ax, sim: Mapping[str, Mapping[str, Any]], measure: str, colors, title: str,
+                      ylabel: str | None = None, marks: Mapping[str, list] | None = None,
+                      baseline: Mapping[str, Any] | None = None) -> None:
+    """Per-layer ``measure`` per run (mean over seeds, min-max band), the chance band, the random-init baseline."""
+    notes = []
+    per_label = {label: _layer_table(sim[label], measure) for label in sim or {}}
+    base = _layer_table(baseline, measure) if baseline else ({}, [])
+    layer_names, pos = _layer_positions({**per_label, "_baseline": base})
     for k, (label, (tabs, probs)) in enumerate(per_label.items()):
-        name = _decorate(label, probs)
+        probs = list(probs) + list((marks or {}).get(label, []))
         if any(probs):
             notes.append(f"{label}: {', '.join(sorted({p for p in probs if p}))}")
-        ser = [pd.Series(d["value"].to_numpy(dtype=float), index=[pos.get(int(i), np.nan) for i in d["layer_index"]])
-               for d in tabs.values()]
+        ser = [_by_layer(d, "value", pos) for d in tabs.values()]
         c = colors[k % len(colors)]
-        _plot_seeds(ax, ser, name, c, marker="o")
+        _plot_seeds(ax, ser, _decorate(label, probs), c, marker="o")
         if len(ser) > 1:  # the individual seeds as points
-            for s in ser:
-                ax.plot(s.index, s.to_numpy(), ls="none", marker=".", color=c, alpha=0.5)
-        if any("chance" in d.columns for d in tabs.values()):
-            ch = [pd.Series(d["chance"].to_numpy(dtype=float), index=[pos.get(int(i), np.nan) for i in d["layer_index"]])
-                  for d in tabs.values() if "chance" in d.columns]
-            x, m, _, _ = _aggregate(ch)
-            if x.size and np.isfinite(m).any():
-                ax.plot(x, m, color="grey", ls="--", lw=1.0, alpha=0.8,
-                        label="chance (one side shuffled)" if not chance_drawn else "_nolegend_")
-                chance_drawn = True
-    if order:
-        ax.set_xticks(range(len(order)))
-        ax.set_xticklabels([layer_names[i] for i in order], rotation=40, ha="right", fontsize=7)
+            for sr in ser:
+                ax.plot(sr.index, sr.to_numpy(), ls="none", marker=".", color=c, alpha=0.5)
+    _chance_band(ax, [d for tabs, _ in per_label.values() for d in tabs.values()], pos)
+    if base[0]:
+        x, m, _, _ = _aggregate([_by_layer(d, "value", pos) for d in base[0].values()])
+        ax.plot(x, m, color="black", ls=":", lw=1.2, marker="x", ms=4, label="random init (two untrained seeds)")
+    if layer_names:
+        ax.set_xticks(range(len(layer_names)))
+        ax.set_xticklabels([layer_names[i] for i in sorted(layer_names)], rotation=40, ha="right", fontsize=7)
     else:
         ax.text(0.5, 0.5, f"no '{measure}' values", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("layer (input -> output)")
@@ -509,10 +581,12 @@ def _similarity_panel(ax, sim: Mapping[str, Mapping[str, Any]], measure: str, co
     _note(ax, notes)
 
 
-def _metrics_panels(ax_acc, ax_lr, metrics: Mapping, specs: Mapping, colors) -> None:
+def _metrics_panels(ax_acc, ax_lr, metrics: Mapping, specs: Mapping, colors,
+                    untrained: Mapping[str, list] | None = None) -> None:
     notes_acc, marks = [], _run_roles(specs)
     for k, label in enumerate(metrics or {}):
         dfs, probs = read_tables(metrics[label])
+        probs = list(probs) + list((untrained or {}).get(label, []))
         name = _decorate(label, probs)
         if any(probs):
             notes_acc.append(f"{label}: {', '.join(sorted({p for p in probs if p}))}")
@@ -547,12 +621,14 @@ def _warmup_like(layout: Mapping, options: Mapping, fig_title: str) -> Figure:
     (ax_acc, ax_lr), (ax_sim, ax_cka) = fig.subplots(2, 2)
     metrics = layout.get("metrics", {}) or {}
     sim = layout.get("similarity", {}) or {}
-    _metrics_panels(ax_acc, ax_lr, metrics, layout.get("specs", {}) or {}, [colors[lab] for lab in metrics])
+    marks = untrained_marks(metrics, layout, options)
+    _metrics_panels(ax_acc, ax_lr, metrics, layout.get("specs", {}) or {}, [colors[lab] for lab in metrics], marks)
     ax_acc.set_title("(a) test (validation) accuracy")
     ax_lr.set_title("(b) learning rate per iteration; dotted: end of warmup / freezing")
+    kw = dict(marks=marks, baseline=layout.get("baseline"))
     _similarity_panel(ax_sim, sim, measure, [colors[lab] for lab in sim],
-                      f"(c) {measure}: iteration 0 vs end of warmup, same run")
-    _similarity_panel(ax_cka, sim, companion, [colors[lab] for lab in sim], f"(d) companion: {companion}")
+                      f"(c) {measure}: iteration 0 vs end of warmup, same run", **kw)
+    _similarity_panel(ax_cka, sim, companion, [colors[lab] for lab in sim], f"(d) companion: {companion}", **kw)
     fig.suptitle(fig_title)
     return fig
 
@@ -575,10 +651,12 @@ def fig6_distill(layout: Mapping, options: Mapping) -> Figure:
     colors = {lab: pal[i % len(pal)] for i, lab in enumerate(labels)}
     fig = Figure(figsize=(16, 4.8), layout="constrained")
     ax_sim, ax_cka, ax_acc = fig.subplots(1, 3)
-    _similarity_panel(ax_sim, sim, measure, [colors[lab] for lab in sim], f"(a) {measure}: student vs teacher")
-    _similarity_panel(ax_cka, sim, companion, [colors[lab] for lab in sim], f"(b) companion: {companion}")
+    marks = untrained_marks(metrics, layout, options)
+    kw = dict(marks=marks, baseline=layout.get("baseline"))
+    _similarity_panel(ax_sim, sim, measure, [colors[lab] for lab in sim], f"(a) {measure}: student vs teacher", **kw)
+    _similarity_panel(ax_cka, sim, companion, [colors[lab] for lab in sim], f"(b) companion: {companion}", **kw)
     if metrics:
-        _metrics_panels(ax_acc, None, metrics, {}, [colors[lab] for lab in metrics])
+        _metrics_panels(ax_acc, None, metrics, {}, [colors[lab] for lab in metrics], marks)
     else:
         ax_acc.text(0.5, 0.5, "no metrics", transform=ax_acc.transAxes, ha="center")
     ax_acc.set_title("(c) students' test (validation) accuracy")

@@ -234,6 +234,41 @@ def plane_basis(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping) -> 
     return PlaneBasis(origin=a, u=u, v=v, keys=list(layout.param_keys), anchors=anchors)
 
 
+def _plane_points(basis: PlaneBasis, layout: Layout, states: Mapping[str, Mapping]) -> list[dict]:
+    """Anchors (exact coordinates) and every other state projected: label, u, v, distance, rel_distance."""
+    points = []
+    for label, sd in states.items():
+        layout.check(sd, label)
+        if label in basis.anchors:
+            (pu, pv), dist, rel = basis.anchors[label], 0.0, 0.0
+        else:
+            pu, pv, dist, rel = basis.coords(layout.flat_params(sd, dtype=torch.float64))
+        points.append({"label": label, "u": pu, "v": pv, "distance": dist, "rel_distance": rel})
+    return points
+
+
+def grid_axes(points: Sequence[Mapping], grid_points: int | tuple[int, int],
+              margin: float | tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Grid coordinates spanning EVERY point (anchors and projections) plus ``margin`` x that extent."""
+    nu, nv = (grid_points, grid_points) if isinstance(grid_points, int) else grid_points
+    ml, mr, mb, mt = (margin,) * 4 if isinstance(margin, (int, float)) else margin
+    us = [p["u"] for p in points if math.isfinite(p["u"])]
+    vs = [p["v"] for p in points if math.isfinite(p["v"])]
+    u_lo, u_hi, v_lo, v_hi = min(us), max(us), min(vs), max(vs)
+    du, dv = u_hi - u_lo, v_hi - v_lo
+    return np.linspace(u_lo - ml * du, u_hi + mr * du, nu), np.linspace(v_lo - mb * dv, v_hi + mt * dv, nv)
+
+
+def _own_metrics(module, states: Mapping[str, Mapping], train_loader, bn_loader, bn_batches, device) -> dict:
+    """Each state's OWN train loss/accuracy (BN recomputed on a copy, eval mode, the plane's training images)."""
+    out = {}
+    for label, sd in states.items():
+        st = {k: v.detach().clone().to(device) for k, v in sd.items()}
+        m = _point_metrics(module, st, train_loader, None, bn_loader, bn_batches, device)
+        out[label] = {"train_loss": m["train_loss"], "train_acc": m["train_acc"]}
+    return out
+
+
 @torch.no_grad()
 def plane_grid(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping, train_loader: Any,
                test_loader: Any = None, *, grid_points: int | tuple[int, int] = 21,
@@ -242,37 +277,27 @@ def plane_grid(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping, trai
                log: Callable[[str], None] | None = None):
     """Loss/accuracy on a grid over the plane through w1, w2, theta, and projections onto it.
 
-    Grid: ``grid_points`` (n or (n_u, n_v)) points per axis spanning the
-    anchors' extent plus ``margin`` (one value or (left, right, bottom, top))
-    times that extent on each side (Garipov's default: 21 x 21, 0.2).
-    BN statistics recomputed at every grid point (``bn_loader``, default
+    Grid: ``grid_points`` (n or (n_u, n_v)) points per axis spanning the extent of the anchors
+    AND of every projected checkpoint, plus ``margin`` (one value or (left, right, bottom, top))
+    times that extent on each side (Garipov's default: 21 x 21, 0.2), so no projection lies
+    outside it. BN statistics recomputed at every grid point (``bn_loader``, default
     ``train_loader``). Buffers other than BN statistics come from w1.
-    Returns ``(grid_df, points_df)`` with the DESIGN.md columns;
-    ``checkpoints`` (label -> state dict) are projected too. The anchors'
-    coordinates are exact (w1 = (0, 0), w2 = (||w2 - w1||, 0)), so with
-    ``margin=0`` the grid's corners are the anchors' bounding box and w1 is a
-    grid point, on any machine, whenever the bend's u coordinate is >= 0.
+    Returns ``(grid_df, points_df)`` with the DESIGN.md columns; ``checkpoints`` (label -> state
+    dict) are projected too, and every point's own network is evaluated on ``train_loader``
+    (``train_loss``, ``train_acc`` of points.csv: the iterate itself, not the plane under it).
+    The anchors' coordinates are exact (w1 = (0, 0), w2 = (||w2 - w1||, 0)), so with
+    ``margin=0`` and no projection outside the anchors' bounding box the grid's corners are that
+    box and w1 is a grid point, on any machine, whenever the bend's u coordinate is >= 0.
     """
     basis = plane_basis(module, w1, w2, theta)
     layout = Layout(module)
     device = next((v.device for v in module.state_dict().values()), torch.device("cpu"))
-    anchors = {"w1": w1, "w2": w2, "bend": theta}
-    points = []
-    for label, sd in list(anchors.items()) + list((checkpoints or {}).items()):
-        layout.check(sd, label)
-        if label in basis.anchors:
-            (pu, pv), dist, rel = basis.anchors[label], 0.0, 0.0
-        else:
-            pu, pv, dist, rel = basis.coords(layout.flat_params(sd, dtype=torch.float64))
-        points.append({"label": label, "u": pu, "v": pv, "distance": dist, "rel_distance": rel})
-    nu, nv = (grid_points, grid_points) if isinstance(grid_points, int) else grid_points
-    ml, mr, mb, mt = (margin,) * 4 if isinstance(margin, (int, float)) else margin
-    us = [p["u"] for p in points[:3]]
-    vs = [p["v"] for p in points[:3]]
-    u_lo, u_hi, v_lo, v_hi = min(us), max(us), min(vs), max(vs)
-    du, dv = u_hi - u_lo, v_hi - v_lo
-    ugrid = np.linspace(u_lo - ml * du, u_hi + mr * du, nu)
-    vgrid = np.linspace(v_lo - mb * dv, v_hi + mt * dv, nv)
+    states = {"w1": w1, "w2": w2, "bend": theta, **dict(checkpoints or {})}
+    points = _plane_points(basis, layout, states)
+    own = _own_metrics(module, states, train_loader, bn_loader, bn_batches, device)
+    for p in points:
+        p.update(own[p["label"]])
+    ugrid, vgrid = grid_axes(points, grid_points, margin)
     base_buf = layout.flat_fbufs(w1, device=device)
     others = {k: w1[k].to(device) for k in layout.other_keys}
     rows = []
@@ -292,7 +317,6 @@ def diverged_plane_tables(labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataF
     nan = float("nan")
     g = pd.DataFrame([{c: nan for c in GRID_COLUMNS}], columns=GRID_COLUMNS)
     g["status"] = "diverged"
-    pts = pd.DataFrame([{"label": lab, "u": nan, "v": nan, "distance": nan, "rel_distance": nan} for lab in labels],
-                       columns=POINT_COLUMNS)
+    pts = pd.DataFrame([{c: nan for c in POINT_COLUMNS} | {"label": lab} for lab in labels], columns=POINT_COLUMNS)
     pts["status"] = "diverged"
     return g, pts

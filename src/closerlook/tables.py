@@ -24,16 +24,19 @@ METRICS_COLUMNS = ["epoch", "iteration", "lr", "train_loss", "train_acc", "test_
 PATH_COLUMNS = ["t", "train_loss", "train_acc", "test_loss", "test_acc", "path", "status"]
 # the loss plane (closerlook.landscape.plane_grid): grid points, and anchors + projected checkpoints
 GRID_COLUMNS = ["u", "v", "train_loss", "train_acc", "test_loss", "test_acc"]
-POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance"]
+# train_loss / train_acc: each point's OWN network (BN recomputed, eval mode, the plane's training images)
+POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance", "train_loss", "train_acc"]
 ANCHORS = ("w1", "w2", "bend")
-# per-layer similarity between two activation stores
-SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"]
+# per-layer similarity between two activation stores: one row per layer, measure and sample
+# ("all" = the whole probe set, "s<b>" = subsample b), with the shuffle-chance level at that sample's size
+SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "sample", "n_images", "value", "chance",
+                      "chance_low", "chance_high", "p_value", "calibrated", "status"]
 # ensembles (closerlook.ensembles): one row per method, one row per member; `members` = networks whose
 # softmax is averaged (1 for SWA), `snapshots` = networks behind it (SWA: averaged weights)
 ENSEMBLE_COLUMNS = ["method", "members", "snapshots", "budget_epochs", "test_acc", "test_nll", "member_acc_mean",
                     "member_acc_min", "member_nll_mean", "disagreement", "cka", "status"]
 MEMBER_COLUMNS = ["method", "member", "label", "test_acc", "test_nll", "status"]
-_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "method")
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "sample", "method")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -81,6 +84,14 @@ def path_barrier(df: pd.DataFrame | None, column: str = "train_loss") -> float:
     if not np.isfinite(y).all():
         return float("nan")
     return float(np.max(y) - max(y[0], y[-1]))
+
+
+def whole_sample(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows of a similarity table computed on the whole probe set (``sample == "all"``; every row of
+    a table without a ``sample`` column)."""
+    if df is None or "sample" not in df.columns:
+        return df
+    return df[df["sample"].astype(str).isin(["all", "nan"])]
 
 
 def plane_arrays(grid: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

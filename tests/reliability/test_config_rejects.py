@@ -130,6 +130,15 @@ CASES = {
     "curve_between_skip_and_plain": (_skip_vs_plain, "curves.G-A",
                                      "(sgd: resnet18 width 0.125, lb_warmup: resnet18 width 0.125 without skip connections)"),
     "data_root_not_a_string": (_set(["data", "root"], 5), "data.root", "not of type"),
+    "claims_fraction_above_one": (_set(["claims", "curve_excess_frac"], 1.5), "claims.curve_excess_frac",
+                                  "greater than the maximum"),
+    "claims_old_rule_name": (_set(["claims", "plane_high_loss_factor"], 2.0), "claims", "plane_high_loss_factor"),
+    "claims_min_pairs_zero": (_set(["claims", "min_pairs"], 0), "claims.min_pairs", "less than the minimum"),
+    "chance_shuffles_zero": (_set(["similarity", "chance_shuffles"], 0), "similarity.chance_shuffles",
+                             "less than the minimum"),
+    "subsample_size_one": (_set(["similarity", "subsamples", "size"], 1), "similarity.subsamples.size", "minimum"),
+    "figure_baseline_unknown": (_set(["figures", "fig4_warmup", "baseline"], "nope"), "figures.fig4_warmup.baseline",
+                                "no similarity comparison named 'nope'"),
 }
 
 

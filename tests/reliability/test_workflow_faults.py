@@ -84,7 +84,10 @@ def test_downstream_tables_are_marked_diverged(done):
     _, meta = activations.load_store(R / "activations/boom/seed0/iter3")
     assert meta["status"] == "diverged"
     ok = pd.read_csv(R / "similarity/w-sgd/seed0.csv")       # the healthy run is computed as usual
-    assert np.isfinite(ok["value"]).all() and (ok.get("status", pd.Series(["ok"])) != "diverged").all()
+    assert (ok.get("status", pd.Series(["ok"])) != "diverged").all()
+    # on the whole probe set every value is finite; a subsample smaller than a layer's width has no CCA (NaN)
+    whole = ok[ok["sample"] == "all"]
+    assert len(whole) and np.isfinite(whole[["value", "chance", "calibrated", "p_value"]].to_numpy()).all()
     for fig in ("fig1_robustness", "fig3_plane", "fig4_warmup"):
         assert (R / "figures" / f"{fig}.png").stat().st_size > 1000
 
