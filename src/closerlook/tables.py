@@ -25,10 +25,19 @@ PATH_COLUMNS = ["t", "train_loss", "train_acc", "test_loss", "test_acc", "path",
 # the loss plane (closerlook.landscape.plane_grid): grid points, and anchors + projected checkpoints
 GRID_COLUMNS = ["u", "v", "train_loss", "train_acc", "test_loss", "test_acc"]
 POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance"]
+# the lenses (closerlook.lenses): a 1-D slice (2-D slices and the PCA plane's grid use GRID_COLUMNS),
+# the PCA axes, the trajectory's low-dimensional coordinates, each view's share of the trajectory's variance
+SLICE_COLUMNS = ["alpha", "train_loss", "train_acc", "test_loss", "test_acc"]
+PCA_COLUMNS = ["axis", "eigenvalue", "explained"]
+TRAJECTORY_COLUMNS = ["label", "iteration", "pc1", "pc2", "tsne1", "tsne2"]
+VIEW_COLUMNS = ["view", "dims", "variance_share"]
+# sharpness (closerlook.sharpness): one row per point (a t of a path, or a checkpoint)
+SHARPNESS_COLUMNS = ["t", "label", "loss", "grad_norm", "lambda_max", "lambda_min", "trace", "trace_se",
+                     "weight_norm_sq", "lambda_max_scaled", "status"]
 ANCHORS = ("w1", "w2", "bend")
 # per-layer similarity between two activation stores
 SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"]
-_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b")
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "view")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
