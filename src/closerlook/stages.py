@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+import torch
 
 from . import curves, landscape
 from .data import DeviceLoader, load_split, load_subsets, probe_fingerprint, probe_set
@@ -176,6 +178,201 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
                                          checkpoints={k: v["model"] for k, v in projected.items()}, log=log)
     write_csv(grid, out / "grid.csv")
     write_csv(pts, out / "points.csv")
+
+
+# ----------------------------------------------------------------------------- lenses, sharpness
+
+def _diverged_table(columns: Sequence[str], **fixed) -> pd.DataFrame:
+    row = {c: float("nan") for c in columns}
+    row.update(fixed, status="diverged")
+    return pd.DataFrame([row], columns=list(columns) + ([] if "status" in columns else ["status"]))
+
+
+def _state_on(ck: Mapping, dev) -> dict:
+    return {k: v.to(dev) for k, v in ck["model"].items()}
+
+
+def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Mapping, device: Any = "auto",
+                log: Log = print) -> None:
+    """The 1-D and 2-D filter-normalised slices around one checkpoint (:func:`closerlook.lenses.random_slices`)."""
+    from . import lenses
+    from .tables import GRID_COLUMNS, SLICE_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    ck = _endpoint(ckpt)
+    if ck is None:
+        write_csv(_diverged_table(SLICE_COLUMNS), out_1d)
+        write_csv(_diverged_table(GRID_COLUMNS), out_2d)
+        log("the checkpoint diverged: wrote slices marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(ck, ckpt, dev)
+    tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
+    d1, d2 = lenses.random_slices(module, _state_on(ck, dev), tr, te, seed=int(s["seed"]), points=int(s["points"]),
+                                  grid=list(s["grid"]), span=float(s["span"]), bn_batches=s["bn_batches"], log=log)
+    write_csv(d1, out_1d)
+    write_csv(d2, out_2d)
+
+
+def _trajectory_views(module, dev, w1: str, w2: str, bend_ck: Mapping, curve: str, seed: int) -> dict:
+    """Each comparison view's directions: the line, the Fig. 3 curve plane, the random slices at w1 and w2."""
+    from .curves import Layout
+    from .lenses import filter_normalised_direction
+
+    lay = Layout(module)
+    a, b = _state_on(_endpoint(w1), dev), _state_on(_endpoint(w2), dev)
+    pa, pb = lay.flat_params(a, torch.float64), lay.flat_params(b, torch.float64)
+    bend = lay.flat_params(curves.bend_of(bend_ck, curve, module, dev), torch.float64)
+    views = {"straight line w1-w2": [pb - pa], "curve plane (Fig. 3)": [pb - pa, bend - pa]}
+    for end, st in (("w1", a), ("w2", b)):
+        d0, d1 = (filter_normalised_direction(module, st, seed + i) for i in (0, 1))
+        views[f"random 1-D at {end}"] = [d0]
+        views[f"random 2-D at {end}"] = [d0, d1]
+    return views
+
+
+def lens_trajectory(ckpts: Sequence[str], w1: str, w2: str, curve: str, out_dir: str, settings: Mapping,
+                    device: Any = "auto", log: Log = print) -> None:
+    """PCA (streamed Gram, origin = the LAST checkpoint) and t-SNE of a run's checkpoints, and the share of the
+    trajectory's variance each view keeps: ``pca.csv``, ``trajectory.csv``, ``views.csv``, ``components.pt``."""
+    from . import lenses
+    from .curves import Layout
+    from .io import atomic_torch_save
+    from .tables import PCA_COLUMNS, TRAJECTORY_COLUMNS, VIEW_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    out = Path(out_dir)
+    metas = []
+    for p in ckpts:  # one checkpoint in memory at a time: only the meta is kept
+        ck = load_checkpoint(p)
+        metas.append(None if ck["model"] is None else ck["meta"])
+    bend_ck = load_checkpoint(curve)
+    if any(m is None for m in metas) or _endpoint(w1) is None or _endpoint(w2) is None or bend_ck["model"] is None:
+        for name, cols in (("pca", PCA_COLUMNS), ("trajectory", TRAJECTORY_COLUMNS), ("views", VIEW_COLUMNS)):
+            write_csv(_diverged_table(cols), out / f"{name}.csv")
+        atomic_torch_save({"components": None, "status": "diverged"}, out / "components.pt")
+        log("a checkpoint of the trajectory (or the pair) diverged: wrote tables marked diverged")
+        return
+    by_iter = {}
+    for i, m in enumerate(metas):  # one row per iteration: the final wins over the last epoch's copy of it
+        by_iter[m.get("iteration", i)] = i
+    keep = [by_iter[k] for k in sorted(by_iter)]  # in training order; the final (the origin) last
+    files = [ckpts[i] for i in keep]
+    dev = resolve_device(device)
+    module = _module({"meta": metas[-1]}, ckpts[-1], dev)
+    lay = Layout(module)
+    load = lambda i: lay.flat_params(load_checkpoint(files[i], map_location=dev)["model"], torch.float64)  # noqa: E731
+    n, origin = len(files), load(len(files) - 1)
+    pca = lenses.pca_from_gram(lenses.trajectory_gram(load, n, origin, s["memory_mb"]), s["center"])
+    comps = lenses.pca_components(load, n, origin, pca, k=2)
+    views = {**_trajectory_views(module, dev, w1, w2, bend_ck, curve, int(s["seed"])), "PCA plane (top 2)": list(comps)}
+    shares = lenses.variance_shares(load, n, origin, views, total=pca.total, center=s["center"])
+    tsne = lenses.tsne_coords(pca.gram, s["perplexity"], s["tsne_seed"])
+    explained = ", ".join(f"{e:.3f}" for e in pca.explained[:3])
+    why = "drawn" if tsne is not None else f"skipped (perplexity {s['perplexity']} >= N / 3)"
+    log(f"{n} checkpoints, explained variance of the first axes {explained}; t-SNE {why}")
+    labels = [Path(f).stem for f in files]
+    traj = pd.DataFrame({"label": labels, "iteration": [metas[i].get("iteration") for i in keep],
+                         "pc1": pca.coords[:, 0], "pc2": pca.coords[:, 1] if n > 1 else 0.0,
+                         "tsne1": tsne[:, 0] if tsne is not None else float("nan"),
+                         "tsne2": tsne[:, 1] if tsne is not None else float("nan")}, columns=TRAJECTORY_COLUMNS)
+    write_csv(pd.DataFrame({"axis": range(1, n + 1), "eigenvalue": pca.eigenvalues, "explained": pca.explained},
+                           columns=PCA_COLUMNS), out / "pca.csv")
+    write_csv(traj, out / "trajectory.csv")
+    write_csv(pd.DataFrame([{"view": v, "dims": len(views[v]), "variance_share": shares[v]} for v in views],
+                           columns=VIEW_COLUMNS), out / "views.csv")
+    atomic_torch_save({"components": comps.float().cpu(), "labels": labels, "center": s["center"], "status": "ok"},
+                      out / "components.pt")
+
+
+def lens_pca_grid(origin_ckpt: str, components: str, trajectory: str, out: str, settings: Mapping, data: Mapping,
+                  device: Any = "auto", log: Log = print) -> None:
+    """The loss surface on the top-2 PCA plane through the trajectory's last checkpoint (BN recomputed per point)."""
+    from . import lenses
+    from .curves import Layout
+    from .io import safe_torch_load
+    from .tables import GRID_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    comp = safe_torch_load(components)
+    ck = _endpoint(origin_ckpt)
+    if ck is None or comp.get("components") is None:
+        write_csv(_diverged_table(GRID_COLUMNS), out)
+        log("the trajectory diverged: wrote a grid marked diverged")
+        return
+    xy = pd.read_csv(trajectory)[["pc1", "pc2"]].to_numpy(dtype=float)
+    coords = lenses.pca_grid_coords(xy, list(s["pca_grid"]), float(s["margin"]))
+    dev = resolve_device(device)
+    module = _module(ck, origin_ckpt, dev)
+    state = _state_on(ck, dev)
+    tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
+    origin = Layout(module).flat_params(state, torch.float64)
+    axes = [c.to(dev, torch.float64) for c in comp["components"]]
+    rows = landscape.surface_metrics(module, state, origin, axes, coords, tr, te, bn_batches=s["bn_batches"], log=log)
+    write_csv(pd.DataFrame([{"u": u, "v": v, **m} for (u, v), m in zip(coords, rows)], columns=GRID_COLUMNS), out)
+
+
+def _sharpness_rows(module, states, labels, ts, settings, data, dev, log) -> pd.DataFrame:
+    from .sharpness import sharpness_at, subset_batches
+    from .tables import SHARPNESS_COLUMNS
+
+    d = _data_block(data)
+    bn_loader, _ = _eval_loaders(d, dev, settings["eval_train_images"], settings["eval_batch_size"])
+    sub, _ = _eval_loaders(d, dev, settings["images"], settings["batch_size"])
+    batches = subset_batches(sub, int(settings["images"]))
+    rows = []
+    for t, label, state in zip(ts, labels, states):
+        r = sharpness_at(module, state(), bn_loader, batches, lanczos_steps=int(settings["lanczos_steps"]),
+                         probes=int(settings["probes"]), seed=int(settings["seed"]), bn_batches=settings["bn_batches"])
+        rows.append({"t": t, "label": label, **r, "status": "ok" if np.isfinite(r["loss"]) else "diverged"})
+        log(f"{label} t={t:.3f} loss={r['loss']:.4f} lambda_max={r['lambda_max']:.4g} lambda_min={r['lambda_min']:.4g} "
+            f"trace={r['trace']:.4g}+-{r['trace_se']:.2g}")
+    return pd.DataFrame(rows, columns=SHARPNESS_COLUMNS)
+
+
+def sharpness_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
+                   device: Any = "auto", log: Log = print) -> None:
+    """Sharpness (:func:`closerlook.sharpness.sharpness_at`) at ``points`` t along the fitted curve or the line."""
+    from .sharpness import SHARPNESS_DEFAULTS
+    from .tables import SHARPNESS_COLUMNS
+
+    s = {**SHARPNESS_DEFAULTS, **settings}
+    label = "curve" if curve else "line"
+    ts = [float(t) for t in np.linspace(0.0, 1.0, int(s["points"]))]
+    a, b = _endpoint(start), _endpoint(end)
+    if a is None or b is None or (curve and load_checkpoint(curve)["meta"].get("status") == "diverged"):
+        write_csv(_diverged_table(SHARPNESS_COLUMNS, label=label), out)
+        log("an endpoint (or the curve) diverged: wrote a table marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(a, start, dev)
+    path = curves.load_curve(curve, module, map_location=dev) if curve else curves.line(module, a["model"], b["model"])
+    path.to(dev)
+
+    def at(t):
+        @torch.no_grad()
+        def state():
+            return {k: v.detach().clone() for k, v in path.weights_at(t).items()}
+        return state
+
+    write_csv(_sharpness_rows(module, [at(t) for t in ts], [label] * len(ts), ts, s, data, dev, log), out)
+
+
+def sharpness_checkpoint(ckpt: str, label: str, out: str, settings: Mapping, data: Mapping, device: Any = "auto",
+                         log: Log = print) -> None:
+    """Sharpness of one checkpoint (one row, ``t`` NaN)."""
+    from .sharpness import SHARPNESS_DEFAULTS
+    from .tables import SHARPNESS_COLUMNS
+
+    s = {**SHARPNESS_DEFAULTS, **settings}
+    ck = _endpoint(ckpt)
+    if ck is None:
+        write_csv(_diverged_table(SHARPNESS_COLUMNS, label=label), out)
+        log("the checkpoint diverged: wrote a row marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(ck, ckpt, dev)
+    write_csv(_sharpness_rows(module, [lambda: _state_on(ck, dev)], [label], [float("nan")], s, data, dev, log), out)
 
 
 # ----------------------------------------------------------------------------- representations, reports

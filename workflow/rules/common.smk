@@ -36,6 +36,8 @@ ENV = "../envs/closerlook.yaml"
 os.environ.update(CLOSERLOOK_REPO=str(Path(workflow.basedir).resolve()))
 SIM = C.similarity_settings(config)
 ACT = C.activation_settings(config)
+LENS = C.lens_settings(config)
+SHARP = C.sharpness_settings(config)
 
 
 wildcard_constraints:
@@ -60,7 +62,7 @@ def all_targets():
     out = [P.data_info(R)]
     for fig in C.figure_names(config):
         out += C.figure_files(config, fig)
-    if C.figure_names(config):
+    if C.claim_figures(config):
         out += [P.claims_file(R, "json"), P.claims_file(R, "md")]
     return out
 
@@ -98,6 +100,13 @@ def _plane_inputs(wc):
     return d
 
 
+def _lens_trajectory_inputs(wc):
+    ends = C.lens_instances(config)[wc.inst]
+    curve = config["planes"][wc.plane]["curve"]
+    return {"trajectory": [ckpt(ep) for ep in C.lens_trajectory(config, wc.inst)], "w1": ckpt(ends["w1"]),
+            "w2": ckpt(ends["w2"]), "curve": P.curve_file(R, curve, wc.inst, "curve.pt")}
+
+
 def _comparison_inputs(wc):
     a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
     return {"a": C.activation_dir(config, a), "b": C.activation_dir(config, b)}
@@ -109,6 +118,6 @@ def _figure_inputs(wc):
 
 def _claims_inputs(wc):
     files = []
-    for fig in C.figure_names(config):
+    for fig in C.claim_figures(config):
         files += C.figure_layout(config, fig)[1]
     return sorted(set(files))
