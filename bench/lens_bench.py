@@ -118,9 +118,11 @@ def _pca_child(folder: str, n: int, memory_mb: float) -> dict:
     wall = time.perf_counter() - t0
     p = origin.numel()
     held = min(Ls._chunk_size(p, memory_mb), n) + 1
+    bound = (held * 8 * p + 3 * 8 * p + 4 * p) / 2**20  # chunk + streamed one, 2 components + origin, one file
     return {"pca_s": round(wall, 1), "pca_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "pca_base_rss_mb": round(base, 1),
-            "pca_bound_mb": round((held * 8 * p + 3 * 8 * p + 4 * p) / 2**20, 1), "pca_memory_mb": memory_mb,
+            "pca_bound_mb": round(bound, 1), "pca_memory_mb": memory_mb,
+            "pca_rss_over_bound": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base) / bound, 3),
             "pca_stacked_mb": round(n * p * 8 / 2**20, 1), "pca_checkpoints": n, "pca_params": p,
             "pca_explained_2": round(float(pca.explained[:2].sum()), 4), "pca_components_finite": bool(torch.isfinite(comps).all())}
 
@@ -166,13 +168,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-pca", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
+    from closerlook.io import atomic_write_json
+
     res = run(a.checkpoints, a.params, a.skip_pca)
     print(json.dumps(res, indent=1, sort_keys=True))
-    if a.json:
-        from closerlook.io import atomic_write_json
-
-        atomic_write_json(a.json, res)
-    return res
+    return res if not a.json else (atomic_write_json(a.json, res) or res)
 
 
 if __name__ == "__main__":
