@@ -171,3 +171,56 @@ def test_tsne_only_when_perplexity_below_a_third_of_n():
     assert Ls.tsne_coords(G, perplexity=4.0) is None  # 4 >= 12 / 3
     xy = Ls.tsne_coords(G, perplexity=3.0, seed=0)
     assert xy.shape == (12, 2) and np.isfinite(xy).all()
+
+
+def _save_trajectory(folder, n=8, diverge_at=None):
+    """n checkpoints of a BN small_cnn on a random walk (iterations 0, 10, ...), the last saved as final."""
+    from closerlook.io import save_checkpoint
+    from closerlook.models import build_model
+
+    spec = {"name": "small_cnn", "batch_norm": True, "width": 0.25}
+    torch.manual_seed(0)
+    m = build_model(spec, 1, 10, 28)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    meta = {"model": spec, "data": {"name": "fashion_mnist", "in_channels": 1, "num_classes": 10, "image_size": 28}}
+    paths = []
+    for i in range(n):
+        for k, v in sd.items():
+            if v.is_floating_point():
+                v.add_(0.02 * (1 + i % 3) * torch.randn_like(v))
+        p = folder / (f"iter{10 * i}.pt" if i < n - 1 else "final.pt")
+        save_checkpoint(p, None if i == diverge_at else sd, {**meta, "iteration": 10 * i, "status": "ok"})
+        paths.append(str(p))
+    return paths
+
+
+def test_lens_trajectory_stage_writes_consistent_tables(tmp_path):
+    import pandas as pd
+
+    from closerlook import stages
+
+    ck = _save_trajectory(tmp_path)
+    out = tmp_path / "lens"
+    stages.lens_trajectory(ck, ck[2], ck[-1], ck[4], str(out), {"perplexity": 2.0}, device="cpu", log=lambda s: None)
+    pca, traj, views = (pd.read_csv(out / f"{n}.csv") for n in ("pca", "trajectory", "views"))
+    np.testing.assert_allclose(pca["explained"].sum(), 1.0, rtol=1e-9)  # float64 ratios of one trace
+    assert list(traj["label"]) == [f"iter{10 * i}" for i in range(7)] + ["final"]
+    assert traj[["pc1", "pc2"]].iloc[-1].abs().max() < 1e-9  # the origin is the final checkpoint (float64 ~1e-14)
+    assert np.isfinite(traj["tsne1"]).all()  # perplexity 2 < 8 / 3
+    share = dict(zip(views["view"], views["variance_share"]))
+    np.testing.assert_allclose(share["PCA plane (top 2)"], pca["explained"][:2].sum(), rtol=1e-6)  # float32 axes
+    assert all(0.0 <= v <= 1.0 + 1e-9 for v in share.values())
+    assert share["PCA plane (top 2)"] >= max(v for k, v in share.items() if k.endswith("2-D at w1"))  # PCA is optimal
+    # too few checkpoints for the perplexity: no t-SNE, said in the table as NaN
+    stages.lens_trajectory(ck, ck[2], ck[-1], ck[4], str(out), {"perplexity": 5.0}, device="cpu", log=lambda s: None)
+    assert pd.read_csv(out / "trajectory.csv")["tsne1"].isna().all()
+
+
+def test_lens_trajectory_with_a_diverged_checkpoint_is_marked(tmp_path):
+    import pandas as pd
+
+    from closerlook import stages
+
+    ck = _save_trajectory(tmp_path, n=5, diverge_at=3)
+    stages.lens_trajectory(ck, ck[0], ck[-1], ck[1], str(tmp_path / "lens"), {}, device="cpu", log=lambda s: None)
+    assert (pd.read_csv(tmp_path / "lens" / "views.csv")["status"] == "diverged").all()
