@@ -31,7 +31,9 @@ def _shares(views: pd.DataFrame | None) -> dict[str, float]:
 
 
 def _pct(share: float | None) -> str:
-    return "n/a" if share is None or not np.isfinite(share) else f"{100 * share:.1f} %"
+    if share is None or not np.isfinite(share):
+        return "n/a"
+    return f"{100 * share:.1f} %" if abs(share) >= 1e-3 else f"{100 * share:.1g} %"  # random views keep ~1e-5
 
 
 def _line_row(axes, layout: Mapping, shares: Mapping) -> None:
@@ -158,7 +160,7 @@ def _plane_row(fig, axes, layout: Mapping, shares: Mapping, levels: int) -> None
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         for i, v in enumerate(vals):
-            ax.text(v, i, f" {100 * v:.1f} %", va="center", fontsize=8)
+            ax.text(v, i, f" {_pct(v)}", va="center", fontsize=8)
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("share of the trajectory's variance in the view's span")
     ax.set_ylabel("view")
@@ -235,7 +237,7 @@ def _checkpoint_panels(axes, layout: Mapping) -> None:
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_xlabel("checkpoint")
         ax.set_ylabel(" / ".join(cols))
-        ax.set_title(f"({letter}) at the end of warmup: {title}")
+        ax.set_title(f"({letter}) at the configured checkpoints: {title}")
         if len(cols) > 1:
             _legend(ax)
         _note(ax, notes)
