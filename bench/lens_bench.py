@@ -11,8 +11,9 @@
   (:func:`closerlook.lenses.trajectory_gram`, ``pca_from_gram``, ``pca_components``) over
   ``--checkpoints`` synthetic checkpoints of a ``--params``-parameter model written to a temporary
   directory (default 100 x 15M: 12 GB as a stacked float64 matrix); ``pca_bound_mb`` is the held
-  chunk (at most ``memory_mb``) + the two components and the origin (3 P float64) + one loaded
-  checkpoint, on top of ``pca_base_rss_mb`` (the process after its imports); ``pca_s`` its wall time.
+  chunk (at most ``memory_mb``) + the origin + one streamed vector (float64) + one load's transients
+  (the float32 file and its float64 copy), on top of ``pca_base_rss_mb`` (the process after its
+  imports); ``pca_s`` its wall time.
 
 Model of the grid part: ``small_cnn`` with BN on random Fashion-MNIST-shaped images (the cost does
 not depend on the pixels); CPU, 1 thread, process CPU time (shared machines).
@@ -118,7 +119,8 @@ def _pca_child(folder: str, n: int, memory_mb: float) -> dict:
     wall = time.perf_counter() - t0
     p = origin.numel()
     held = min(Ls._chunk_size(p, memory_mb), n) + 1
-    bound = (held * 8 * p + 3 * 8 * p + 4 * p) / 2**20  # chunk + streamed one, 2 components + origin, one file
+    # the held chunk, the origin, one streamed vector, and one load's transients (the float32 file + its float64 copy)
+    bound = ((held - 1) * 8 * p + 8 * p + 8 * p + 12 * p) / 2**20
     return {"pca_s": round(wall, 1), "pca_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "pca_base_rss_mb": round(base, 1),
             "pca_bound_mb": round(bound, 1), "pca_memory_mb": memory_mb,

@@ -136,15 +136,19 @@ def trajectory_gram(load: Loader, n: int, origin: torch.Tensor, memory_mb: float
     o = origin.to(torch.float64)
     c = _chunk_size(o.numel(), memory_mb)
     G = np.zeros((n, n), dtype=np.float64)
+    A = torch.empty(min(c, n), o.numel(), dtype=torch.float64, device=o.device)
     for lo in range(0, n, c):
         idx = list(range(lo, min(lo + c, n)))
-        A = torch.stack([load(i).to(o) - o for i in idx])
-        G[np.ix_(idx, idx)] = (A @ A.T).cpu().numpy()
+        for r, i in enumerate(idx):  # filled row by row: no second copy of the chunk (torch.stack would make one)
+            A[r].copy_(load(i))
+            A[r].sub_(o)
+        Ak = A[: len(idx)]
+        G[np.ix_(idx, idx)] = (Ak @ Ak.T).cpu().numpy()
         for j in range(idx[-1] + 1, n):
-            col = (A @ (load(j).to(o) - o)).cpu().numpy()
+            col = (Ak @ (load(j).to(o) - o)).cpu().numpy()  # never in place: load may return the caller's tensor
             G[idx, j] = col
             G[j, idx] = col
-        del A
+    del A
     return G
 
 
