@@ -35,7 +35,8 @@ demo: $(STAMP) data-demo
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
 
-# The tools beyond the paper (AutoNEB, weight matching + REPAIR, the ensemble comparison) at CPU scale.
+# Beyond the paper at CPU scale: the older lenses (fig7_lenses, fig8_sharpness), AutoNEB, weight
+# matching + REPAIR and the ensemble comparison (fig9_ensembles), on their own small runs: config/demo_extra.yaml.
 demo-extra: $(STAMP) data-demo
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo_extra.yaml --rerun-incomplete --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo_extra.yaml --report results/demo_extra/report.html

@@ -1,6 +1,7 @@
 # closerlook: Gotmare et al. (ICLR 2019) as one DAG.
 #   data prep -> train runs (seeds, variants) -> fit curves between checkpoints
-#   -> activations -> similarity -> figures + claims report.
+#   -> activations -> similarity -> figures + claims report; the older lenses
+#   (filter-normalised slices, trajectory PCA/t-SNE, sharpness) beside them.
 # Default config: the paper-scale study. CPU demo: --configfile config/demo.yaml.
 from snakemake.utils import min_version
 
@@ -29,6 +30,8 @@ if config.get("ensembles"):
     include: "workflow/rules/ensembles.smk"
 
 
+include: "workflow/rules/lenses.smk"
+include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/similarity.smk"
 include: "workflow/rules/figures.smk"

@@ -11,6 +11,9 @@ Sections (each reuses the bench module named in its rows' "command" column):
   one ordinary training epoch (:mod:`bench.curve_bench`);
 - path finders: AutoNEB vs a Bezier curve fit at an equal number of gradient evaluations on the
   demo model, and weight matching of two VGG-16s on the CPU (:mod:`bench.pathfinder_bench`);
+- lenses: points per second of a 2-D filter-normalised grid vs a naive rebuild-and-load loop, one
+  point's cost over one BN pass + one evaluation, and the streamed trajectory PCA of 100 synthetic
+  checkpoints of a 15M-parameter model: peak memory against its bound (:mod:`bench.lens_bench`);
 - similarity: CCA, PWCCA and linear CKA vs numpy reference implementations at
   (64 x 2,000), (256 x 10,000), (512 x 50,000), float64 and float32 products,
   ratio and agreement, plus the streaming accumulator's peak memory
@@ -52,6 +55,8 @@ TARGETS = {  # key: (op, threshold, text)
     "cca_max_abs_diff_f64": ("<=", 1e-8, "<= 1e-8 (ours)"),
     "cca_max_abs_diff_f32": ("<=", 1e-3, "<= 1e-3 (ours)"),
     "demo_wall_s": ("<=", 600.0, "<= 600 s"),
+    "lens_point_over_pass": ("<=", 1.1, "<= 1.1x"),
+    "pca_rss_over_bound": ("<=", 1.0, "<= 1.0"),
 }
 
 
@@ -140,6 +145,13 @@ ROWS = [  # (section, key, figure text, command)
     ("curves", "curve_point_naive_s", "one path point, s (naive)", "python -m bench.curve_bench"),
     ("curves", "curve_point_ratio", "path point ours / naive", "python -m bench.curve_bench"),
     ("curves", "curve_epoch_over_train_epoch", "curve epoch / training epoch", "python -m bench.curve_bench"),
+    ("lenses", "lens_grid_pps", "2-D filter-norm grid, points/s (ours)", "python -m bench.lens_bench"),
+    ("lenses", "lens_grid_naive_pps", "2-D grid, points/s (naive rebuild+load)", "python -m bench.lens_bench"),
+    ("lenses", "lens_point_over_pass", "grid point / (1 BN pass + 1 evaluation)", "python -m bench.lens_bench"),
+    ("lenses", "pca_s", "PCA 100 x 15M checkpoints, wall s", "python -m bench.lens_bench"),
+    ("lenses", "pca_peak_rss_mb", "PCA peak RSS, MB", "python -m bench.lens_bench"),
+    ("lenses", "pca_stacked_mb", "stacked N x P float64 matrix, MB", "python -m bench.lens_bench"),
+    ("lenses", "pca_rss_over_bound", "PCA (peak - imports) / bound", "python -m bench.lens_bench"),
 ]
 ROWS += [
     ("paths", "autoneb_grad_evals", "AutoNEB gradient evaluations (demo model)", "python -m bench.pathfinder_bench"),
@@ -188,7 +200,7 @@ def main(argv=None) -> dict:
                     help="skip the ~10-minute demo pipeline (also CLOSERLOOK_BENCH_SKIP_DEMO=1)")
     ap.add_argument("--quick", action="store_true", help="short training loops, no 512 x 50,000 similarity case")
     ap.add_argument("--out", default="results/bench/bench.json")
-    ap.add_argument("--only", nargs="*", choices=["train", "curves", "paths", "similarity", "workflow"],
+    ap.add_argument("--only", nargs="*", choices=["train", "curves", "paths", "lenses", "similarity", "workflow"],
                     help="run only these sections (their keys replace those of an existing --out file)")
     ap.add_argument("--steps", type=int, default=60, help="timed small_cnn steps per training loop")
     ap.add_argument("--vgg-steps", type=int, default=10, help="timed vgg16 steps per training loop")
@@ -199,7 +211,7 @@ def main(argv=None) -> dict:
     os.chdir(ROOT)
     from closerlook.io import atomic_write_json
 
-    sections = set(a.only or ["train", "curves", "paths", "similarity", "workflow"])
+    sections = set(a.only or ["train", "curves", "paths", "lenses", "similarity", "workflow"])
     prev: dict = {}
     if a.only and Path(a.out).exists():  # partial re-run: keep the other sections' figures
         import json
@@ -243,6 +255,10 @@ def main(argv=None) -> dict:
         from bench import pathfinder_bench
 
         section("paths", lambda: pathfinder_bench.run())
+    if "lenses" in sections:
+        from bench import lens_bench
+
+        section("lenses", lambda: lens_bench.run(checkpoints=20 if a.quick else 100))
     if "similarity" in sections:
         from bench import similarity_bench
 

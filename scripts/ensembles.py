@@ -1,5 +1,6 @@
 """Rule ensembles: accuracy, NLL and diversity of every ensemble of the comparison."""
 from closerlook import stages, ensembles
+from closerlook.config import model_factories
 from closerlook.jobs import job
 
 smk = snakemake  # noqa: F821
@@ -9,4 +10,4 @@ with job(smk, stage=f"ensembles {smk.wildcards.inst}") as ctx:
     curve = {"curve": i.curve, "start": i.curve_start, "end": i.curve_end,
              "ts": ensembles.curve_ts(s["members"], s["curve_ts"])}
     stages.ensembles(members, curve, smk.params.budgets, s, smk.params.data, dict(smk.output.items()),
-                     device=ctx["device"])
+                     device=ctx["device"], factories=model_factories(smk.config))

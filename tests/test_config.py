@@ -34,7 +34,7 @@ def extra():
 
 
 def test_demo_extra_resolves_paths_members_and_budgets(extra):
-    assert C.figure_names(extra) == ["fig9_ensembles"]
+    assert "fig9_ensembles" in C.figure_names(extra)
     assert C.path_kinds(extra, "seeds") == ["curve", "line", "autoneb"]
     assert C.path_kinds(extra, "seeds-aligned") == ["curve", "line", "aligned", "repaired"]  # no BN: REPAIR too
     assert C.curve_end(extra, "seeds-aligned", "s0-s1").endswith("curves/seeds-aligned/s0-s1/aligned_end.pt")
@@ -72,6 +72,62 @@ def test_extra_blocks_errors_name_the_key(extra, edit, key):
         del cfg["ensembles"]["base"]["final"]
     with pytest.raises(ConfigError, match=key):
         C.validate_config(cfg)
+def test_demo_extra_draws_the_lens_figures_beside_fig3(extra):
+    assert C.figure_names(extra) == ["fig3_plane", "fig7_lenses", "fig8_sharpness", "fig9_ensembles"]
+    assert C.claim_figures(extra) == ["fig3_plane"]  # the lens figures carry no claim
+    for fig in ("fig7_lenses", "fig8_sharpness"):
+        layout, files = C.figure_layout(extra, fig)
+        assert files and all(f.startswith(("results/demo_extra/lenses/", "results/demo_extra/sharpness/",
+                                           "results/demo_extra/curves/", "results/demo_extra/planes/",
+                                           "results/demo_extra/data/info.json")) for f in files), files
+    traj = C.lens_trajectory(extra, "seed0")
+    assert traj[-1].tag == "final" and len(traj) >= 3 * 5 + 1  # t-SNE at perplexity 5 needs N > 15
+    assert C.lens_settings(extra)["perplexity"] < (len(traj) - 1) / 3  # the final repeats epoch 7: N = len - 1
+    assert set(C.sharpness_checkpoints(extra)) >= {"LB warmup", "LB no warmup"}
+
+
+def test_lens_and_sharpness_defaults_have_one_owner(extra):
+    from closerlook.lenses import LENS_DEFAULTS
+    from closerlook.sharpness import SHARPNESS_DEFAULTS
+
+    cfg = copy.deepcopy(extra)
+    cfg["lenses"] = {"plane": "sgdr"}
+    cfg["sharpness"] = {"curve": "sgdr-w3-w7"}
+    assert {k: C.lens_settings(cfg)[k] for k in LENS_DEFAULTS} == LENS_DEFAULTS
+    assert {k: C.sharpness_settings(cfg)[k] for k in SHARPNESS_DEFAULTS} == SHARPNESS_DEFAULTS
+    assert C.lens_trajectory(cfg, "seed0")[0].run == "sgdr"  # default: the run of the plane's first endpoint
+
+
+@pytest.mark.parametrize("mutate, key, problem", [
+    (lambda c: c["lenses"].__setitem__("plane", "nope"), "lenses.plane", "no plane named 'nope'"),
+    (lambda c: c["lenses"].__setitem__("center", "median"), "config key lenses.center", "median"),
+    (lambda c: c["lenses"].__setitem__("pointz", 3), "config key lenses", "'pointz'"),
+    (lambda c: c["lenses"].__setitem__("trajectory", {"run": "ghost"}), "lenses.trajectory.run", "ghost"),
+    (lambda c: (c["lenses"].__setitem__("trajectory", {"run": "lb_warmup"}),
+                c["runs"]["lb_warmup"].__setitem__("checkpoints", {"iterations": [24]})), "lenses.trajectory", "at least 3"),
+    (lambda c: c["sharpness"].__setitem__("probes", 50), "config key sharpness.probes", "minimum"),
+    (lambda c: c["sharpness"].__setitem__("curve", "nope"), "sharpness.curve", "no curve named 'nope'"),
+    (lambda c: c["sharpness"]["checkpoints"].__setitem__("x", {"run": "lb_warmup", "iteration": 7}),
+     "sharpness.checkpoints.x", "saves no checkpoint at iteration 7"),
+    (lambda c: c.pop("sharpness"), "figures.fig8_sharpness", "sharpness"),
+])
+def test_lens_config_errors_name_the_key(extra, mutate, key, problem):
+    cfg = copy.deepcopy(extra)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as exc:
+        C.validate_config(cfg)
+    assert key in str(exc.value) and problem in str(exc.value), str(exc.value)
+
+
+def test_demo_extra_plans_the_lens_rules(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"),
+                        "-d", str(tmp_path), "--configfile", str(REPO / "config" / "demo_extra.yaml")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    for rule in ("train_sgdr", "fit_curve", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid",
+                 "sharpness_path", "sharpness_checkpoint", "figure"):
+        assert rule in out, (rule, out[-3000:])
 
 
 def test_run_spec_merges_defaults_shallowly(demo):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from closerlook import figures, tables
+from closerlook.paths import PAPER_FIGURES
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
 T = np.linspace(0, 1, 9)
@@ -290,7 +291,7 @@ def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world"), seeds=("seed0", "seed1"))
 
 
-@pytest.mark.parametrize("name", figures.FIGURES)
+@pytest.mark.parametrize("name", PAPER_FIGURES)
 def test_every_figure_writes_pdf_and_png(world, tmp_path, name):
     outs = [tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"]
     fig = figures.make_figure(name, world[name], {**OPTIONS[name], "format": ["pdf", "png"], "dpi": 50}, outs)
@@ -322,7 +323,7 @@ def broken(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("broken"), diverge=("sgdr_pair", "plane", "nowarm", "distilled", "G-B", "ensembles"))
 
 
-@pytest.mark.parametrize("name", figures.FIGURES)
+@pytest.mark.parametrize("name", PAPER_FIGURES)
 def test_diverged_inputs_do_not_crash_and_are_annotated(broken, tmp_path, name):
     fig = figures.build_figure(name, broken[name], OPTIONS[name])
     if name in ("fig3_plane", "fig5_freeze"):  # rendering NaN contours / partial lines

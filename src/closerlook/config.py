@@ -294,6 +294,55 @@ def activation_settings(cfg: dict) -> dict:
     return a
 
 
+def lens_settings(cfg: dict) -> dict:
+    """The ``lenses`` block over :data:`closerlook.lenses.LENS_DEFAULTS` (``plane`` and ``trajectory`` kept)."""
+    from .lenses import LENS_DEFAULTS
+
+    s = copy.deepcopy(LENS_DEFAULTS)
+    s.update(copy.deepcopy(cfg.get("lenses") or {}))
+    return s
+
+
+def lens_instances(cfg: dict) -> dict[str, dict[str, Endpoint]]:
+    """Per instance of the lens plane's curve: its endpoints ``{"w1": ..., "w2": ...}``."""
+    curve = cfg["planes"][cfg["lenses"]["plane"]]["curve"]
+    return {inst: dict(zip(paths.LENS_ENDS, eps)) for inst, eps in curve_instances(cfg, curve).items()}
+
+
+def lens_trajectory(cfg: dict, inst: str) -> list[Endpoint]:
+    """The checkpoints of the lens trajectory for instance ``inst``: every checkpoint the run saves (final last).
+
+    ``lenses.trajectory.run`` (default: the run of the plane's first endpoint), seed
+    ``lenses.trajectory.seed`` (default: that endpoint's seed)."""
+    w1 = lens_instances(cfg)[inst]["w1"]
+    t = (cfg["lenses"].get("trajectory") or {})
+    run = t.get("run", w1.run)
+    seed = int(t.get("seed", w1.seed))
+    tags = [tag for tag in checkpoint_tags(resolve_run(cfg, run)) if tag != "final"] + ["final"]
+    return [Endpoint(run, seed, tag) for tag in tags]
+
+
+def sharpness_settings(cfg: dict) -> dict:
+    """The ``sharpness`` block over :data:`closerlook.sharpness.SHARPNESS_DEFAULTS`."""
+    from .sharpness import SHARPNESS_DEFAULTS
+
+    s = copy.deepcopy({**SHARPNESS_DEFAULTS, "checkpoints": {}})
+    s.update(copy.deepcopy(cfg.get("sharpness") or {}))
+    return s
+
+
+def sharpness_checkpoints(cfg: dict) -> dict[str, Endpoint]:
+    """``label -> Endpoint`` of the ``sharpness.checkpoints`` (seed: given, else the run's first)."""
+    out = {}
+    for label, ep in (sharpness_settings(cfg)["checkpoints"] or {}).items():
+        key = f"sharpness.checkpoints.{label}"
+        if ep["run"] not in cfg["runs"]:
+            raise ConfigError(f"config key {key}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")
+        seed = int(ep.get("seed", resolve_run(cfg, ep["run"])["seeds"][0]))
+        out[label] = Endpoint(ep["run"], seed, endpoint_tag(ep, key))
+    return out
+
+
 def similarity_settings(cfg: dict) -> dict:
     from .similarity import COMPARISON_DEFAULTS
 
@@ -315,6 +364,11 @@ def claim_rules(cfg: dict) -> dict:
 def figure_names(cfg: dict) -> list[str]:
     figs = cfg.get("figures") or {}
     return [f for f in paths.FIGURES if f in figs]
+
+
+def claim_figures(cfg: dict) -> list[str]:
+    """The configured paper figures: the claims read only these (the lens figures carry no claim)."""
+    return [f for f in figure_names(cfg) if f in paths.PAPER_FIGURES]
 
 
 def figure_formats(cfg: dict) -> list[str]:
@@ -579,6 +633,7 @@ def validate_config(cfg: dict) -> None:
         for inst in curve_instances(cfg, p["curve"]):
             for ep in plane_projection(cfg, name, inst):
                 _check_endpoint(cfg, ep, f"planes.{name}.project")
+    _check_lenses(cfg)
     sim = similarity_settings(cfg)
     for name in sim["comparisons"]:
         for inst, (a, b) in comparison_instances(cfg, name).items():
@@ -587,6 +642,29 @@ def validate_config(cfg: dict) -> None:
             _same_arch(cfg, a, b, f"similarity.comparisons.{name}")
     _check_extras(cfg)
     _check_figures(cfg, sim)
+
+
+def _check_lenses(cfg: dict) -> None:
+    lens = cfg.get("lenses")
+    if lens:
+        if lens["plane"] not in (cfg.get("planes") or {}):
+            raise ConfigError(f"config key lenses.plane: no plane named {lens['plane']!r}")
+        t = lens.get("trajectory") or {}
+        if "run" in t and t["run"] not in cfg["runs"]:
+            raise ConfigError(f"config key lenses.trajectory.run: no run named {t['run']!r}")
+        for inst in lens_instances(cfg):
+            traj = lens_trajectory(cfg, inst)
+            for ep in traj:
+                _check_endpoint(cfg, ep, "lenses.trajectory")
+            if len(traj) < 3:
+                raise ConfigError(f"config key lenses.trajectory: run {traj[0].run!r} saves {len(traj)} checkpoints; "
+                                  "a trajectory view needs at least 3 (add checkpoints.iterations or epochs)")
+    sh = cfg.get("sharpness")
+    if sh:
+        if sh["curve"] not in (cfg.get("curves") or {}):
+            raise ConfigError(f"config key sharpness.curve: no curve named {sh['curve']!r}")
+        for label, ep in sharpness_checkpoints(cfg).items():
+            _check_endpoint(cfg, ep, f"sharpness.checkpoints.{label}")
 
 
 def _check_teacher_cycles(cfg: dict) -> None:
@@ -621,6 +699,9 @@ def _check_figures(cfg: dict, sim: dict) -> None:
             need("curve", f.get(k, []), curves, f"fig2_sgdr.{k}")
     if "fig3_plane" in figs:
         need("plane", [figs["fig3_plane"]["plane"]], cfg.get("planes") or {}, "fig3_plane.plane")
+    for fig, block in (("fig7_lenses", "lenses"), ("fig8_sharpness", "sharpness")):
+        if fig in figs and not cfg.get(block):
+            raise ConfigError(f"config key figures.{fig}: needs a `{block}:` block (its inputs)")
     for fig in ("fig4_warmup", "fig5_freeze", "fig6_distill"):
         if fig in figs:
             f = figs[fig]
@@ -707,10 +788,38 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
         layout = {k: {inst: inp.file(paths.ensemble_table(inp.R, inst, k))} for k in ("ensembles", "members")}
     elif fig == "fig3_plane":
         layout = _plane_layout(cfg, inp, f["plane"])
+    elif fig in paths.LENS_FIGURES:
+        layout = _lens_layout(cfg, fig, inp)
     else:
         layout = _similarity_layout(cfg, inp, f)
     layout["data_info"] = inp.file(paths.data_info(inp.R))
     return layout, sorted(inp.files)
+
+
+def _lens_layout(cfg: dict, fig: str, inp: _Inputs) -> dict:
+    """fig7_lenses: the first instance of the lens plane (its curve's line and curve, the plane, slices,
+    trajectory views); fig8_sharpness: sharpness along the curve and the line, and at the checkpoints."""
+    R = inp.R
+    if fig == "fig7_lenses":
+        plane = cfg["lenses"]["plane"]
+        curve = cfg["planes"][plane]["curve"]
+        inst = next(iter(lens_instances(cfg)))
+        lf = lambda name: inp.file(paths.lens_file(R, plane, inst, name))  # noqa: E731
+        return {
+            "paths": {k: inp.file(paths.path_table(R, curve, inst, k)) for k in ("curve", "line")},
+            "plane": {k: inp.file(paths.plane_file(R, plane, inst, f"{k}.csv")) for k in ("grid", "points")},
+            "slices": {end: {kind: inp.file(paths.lens_slice(R, plane, inst, kind, end)) for kind in paths.LENS_SLICE_KINDS}
+                       for end in paths.LENS_ENDS},
+            **{name: lf(f"{name}.csv") for name in ("pca", "trajectory", "views", "pca_grid")},
+            "perplexity": float(lens_settings(cfg)["perplexity"]),
+        }
+    sh = sharpness_settings(cfg)
+    inst = next(iter(curve_instances(cfg, sh["curve"])))
+    return {
+        "paths": {k: inp.file(paths.sharpness_path(R, sh["curve"], inst, k)) for k in ("curve", "line")},
+        "checkpoints": {label: inp.file(paths.sharpness_checkpoint(R, ep.run, ep.seed, ep.tag))
+                        for label, ep in sharpness_checkpoints(cfg).items()},
+    }
 
 
 def figure_options(cfg: dict, fig: str) -> dict:

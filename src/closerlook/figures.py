@@ -1,5 +1,8 @@
 """The paper's six figures (Gotmare et al. 2019, Figs. 1-6) from the pipeline's tables.
 
+(The lens figures fig7_lenses and fig8_sharpness are drawn by :mod:`closerlook.figures_lenses`
+with the helpers here; :func:`build_figure` dispatches to them.)
+
 Entry point: :func:`make_figure` ``(name, layout, options, outputs)``; the figure itself
 is built by :func:`build_figure` (returns a :class:`matplotlib.figure.Figure`, used by
 the tests to inspect texts and legends). Only the tidy CSV tables of ``docs/DESIGN.md``
@@ -425,22 +428,76 @@ def bezier(p0, p1, p2, n: int = 101) -> np.ndarray:
     return (1 - t) ** 2 * np.asarray(p0) + 2 * t * (1 - t) * np.asarray(p1) + t ** 2 * np.asarray(p2)
 
 
-def _plane_points(points: pd.DataFrame | None) -> tuple[dict, pd.DataFrame | None, float]:
-    """(anchor label -> (u, v), projected iterates in epoch order, their max rel_distance)."""
+def plane_overlay_points(points: pd.DataFrame | None) -> tuple[dict, pd.DataFrame | None, float]:
+    """From a plane's points table: the anchors' (u, v), the projected trajectory in epoch order, its max rel. distance."""
     anchors, traj, max_rel = {}, None, float("nan")
-    if points is None or not {"label", "u", "v"} <= set(points.columns):
-        return anchors, traj, max_rel
-    pts = points.copy()
-    pts["label"] = pts["label"].astype(str)
-    for a in ANCHORS:
-        r = pts[pts["label"] == a]
-        if not r.empty and np.isfinite(r[["u", "v"]].to_numpy(dtype=float)).all():
-            anchors[a] = r[["u", "v"]].to_numpy(dtype=float)[0]
-    traj = pts[~pts["label"].isin(ANCHORS)].copy()
-    traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
-    if "rel_distance" in traj.columns and np.isfinite(traj["rel_distance"].to_numpy(dtype=float)).any():
-        max_rel = float(np.nanmax(traj["rel_distance"].to_numpy(dtype=float)))
+    if points is not None and {"label", "u", "v"} <= set(points.columns):
+        pts = points.copy()
+        pts["label"] = pts["label"].astype(str)
+        for a in ANCHORS:
+            r = pts[pts["label"] == a]
+            if not r.empty and np.isfinite(r[["u", "v"]].to_numpy(dtype=float)).all():
+                anchors[a] = r[["u", "v"]].to_numpy(dtype=float)[0]
+        traj = pts[~pts["label"].isin(ANCHORS)].copy()
+        traj = traj.iloc[sorted(range(len(traj)), key=lambda i: epoch_key(traj["label"].iloc[i]))]
+        if "rel_distance" in traj.columns and np.isfinite(traj["rel_distance"].to_numpy(dtype=float)).any():
+            max_rel = float(np.nanmax(traj["rel_distance"].to_numpy(dtype=float)))
     return anchors, traj, max_rel
+
+
+def log_contour(fig, ax, grid: pd.DataFrame | None, col: str, levels: int = 18) -> list[str]:
+    """Filled log-scale contours of ``col`` over a (u, v) grid table, with a colour bar; returns notes."""
+    notes = []
+    if grid is not None and {"u", "v", col} <= set(grid.columns) and np.isfinite(grid[col]).any():
+        U, V, Z = plane_arrays(grid, col)
+        zf = _finite(Z)
+        zpos = zf[zf > 0]
+        if zpos.size:
+            lo, hi = float(zpos.min()), float(zpos.max())
+            if hi <= lo * 1.0001:
+                hi = lo * 1.01
+            lv = np.geomspace(lo, hi, int(levels))
+            Zm = np.ma.masked_invalid(np.where(Z > 0, Z, np.nan))
+            cs = ax.contourf(U, V, Zm, levels=lv, norm=mcolors.LogNorm(lo, hi), cmap="viridis_r", extend="neither")
+            ax.contour(U, V, Zm, levels=lv[::3], colors="white", linewidths=0.4, alpha=0.6)
+            cb = fig.colorbar(cs, ax=ax, format="%.3g")
+            cb.set_label(f"{_ylabel(col)}, log scale")
+            if not np.isfinite(Z).all():
+                notes.append(f"{int((~np.isfinite(Z)).sum())} grid points diverged (white)")
+        else:
+            notes.append("no positive finite loss on the grid")
+    else:
+        notes.append("no finite values on the grid")
+    return notes
+
+
+def draw_plane_overlay(ax, anchors: Mapping, traj: pd.DataFrame | None) -> list[str]:
+    """The trained Bezier curve, the straight line, the anchors and the projected trajectory; returns notes."""
+    notes = []
+    if {"w1", "w2", "bend"} <= set(anchors):
+        b = bezier(anchors["w1"], anchors["bend"], anchors["w2"])
+        ax.plot(b[:, 0], b[:, 1], color="black", lw=1.3, ls="-", label="trained curve (Bezier)",
+                path_effects=[patheffects.withStroke(linewidth=3.2, foreground="white")])
+        ax.plot(*np.array([anchors["w1"], anchors["w2"]]).T, color="0.25", lw=1.0, ls="--", label="straight line")
+    for a, mk in (("w1", "o"), ("w2", "s"), ("bend", "^")):
+        if a in anchors:
+            ax.plot(*anchors[a], marker=mk, ms=9, color="red" if a != "bend" else "orange", mec="black",
+                    ls="none", label={"bend": "bend (control point)"}.get(a, a))
+            ax.annotate(a, anchors[a], xytext=(6, 6), textcoords="offset points", fontsize=8, color="black",
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.7, lw=0))
+    if traj is not None and len(traj):
+        xy = traj[["u", "v"]].to_numpy(dtype=float)
+        ok = np.isfinite(xy).all(axis=1)
+        ax.plot(xy[ok, 0], xy[ok, 1], color="magenta", marker="o", ms=4, lw=1.3, label="SGDR trajectory (projected)")
+        for (u, v), lab, good in zip(xy, traj["label"], ok):
+            if good:
+                ax.annotate(str(lab), (u, v), xytext=(4, -10), textcoords="offset points", fontsize=7, color="darkmagenta",
+                            bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
+        if (~ok).any():
+            notes.append("not projected: " + ", ".join(traj["label"][~ok].astype(str)))
+    ax.set_xlabel("u (plane coordinate, weight units)")
+    ax.set_ylabel("v (plane coordinate, weight units)")
+    return notes
 
 
 def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
@@ -448,52 +505,11 @@ def fig3_plane(layout: Mapping, options: Mapping) -> Figure:
     points, pprob = read_table(layout.get("points"))
     fig = Figure(figsize=(13, 5.4), layout="constrained")
     axes = fig.subplots(1, 2)
-    anchors, traj, max_rel = _plane_points(points)
+    anchors, traj, max_rel = plane_overlay_points(points)
     for ax, col, title in ((axes[0], "train_loss", "(a) train loss"), (axes[1], "test_loss", "(b) test (validation) loss")):
         notes = [f"grid: {gprob}" if gprob else "", f"points: {pprob}" if pprob else ""]
-        if grid is not None and {"u", "v", col} <= set(grid.columns) and np.isfinite(grid[col]).any():
-            U, V, Z = plane_arrays(grid, col)
-            zf = _finite(Z)
-            zpos = zf[zf > 0]
-            if zpos.size:
-                lo, hi = float(zpos.min()), float(zpos.max())
-                if hi <= lo * 1.0001:
-                    hi = lo * 1.01
-                levels = np.geomspace(lo, hi, int(options.get("levels", 18)))
-                Zm = np.ma.masked_invalid(np.where(Z > 0, Z, np.nan))
-                cs = ax.contourf(U, V, Zm, levels=levels, norm=mcolors.LogNorm(lo, hi), cmap="viridis_r", extend="neither")
-                ax.contour(U, V, Zm, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
-                cb = fig.colorbar(cs, ax=ax, format="%.3g")
-                cb.set_label(f"{_ylabel(col)}, log scale")
-                if not np.isfinite(Z).all():
-                    notes.append(f"{int((~np.isfinite(Z)).sum())} grid points diverged (white)")
-            else:
-                notes.append("no positive finite loss on the grid")
-        else:
-            notes.append("no finite values on the grid")
-        if {"w1", "w2", "bend"} <= set(anchors):
-            b = bezier(anchors["w1"], anchors["bend"], anchors["w2"])
-            ax.plot(b[:, 0], b[:, 1], color="black", lw=1.3, ls="-", label="trained curve (Bezier)",
-                    path_effects=[patheffects.withStroke(linewidth=3.2, foreground="white")])
-            ax.plot(*np.array([anchors["w1"], anchors["w2"]]).T, color="0.25", lw=1.0, ls="--", label="straight line")
-        for a, mk in (("w1", "o"), ("w2", "s"), ("bend", "^")):
-            if a in anchors:
-                ax.plot(*anchors[a], marker=mk, ms=9, color="red" if a != "bend" else "orange", mec="black",
-                        ls="none", label={"bend": "bend (control point)"}.get(a, a))
-                ax.annotate(a, anchors[a], xytext=(6, 6), textcoords="offset points", fontsize=8, color="black",
-                            bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.7, lw=0))
-        if traj is not None and len(traj):
-            xy = traj[["u", "v"]].to_numpy(dtype=float)
-            ok = np.isfinite(xy).all(axis=1)
-            ax.plot(xy[ok, 0], xy[ok, 1], color="magenta", marker="o", ms=4, lw=1.3, label="SGDR trajectory (projected)")
-            for (u, v), lab, good in zip(xy, traj["label"], ok):
-                if good:
-                    ax.annotate(str(lab), (u, v), xytext=(4, -10), textcoords="offset points", fontsize=7, color="darkmagenta",
-                                bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
-            if (~ok).any():
-                notes.append("not projected: " + ", ".join(traj["label"][~ok].astype(str)))
-        ax.set_xlabel("u (plane coordinate, weight units)")
-        ax.set_ylabel("v (plane coordinate, weight units)")
+        notes += log_contour(fig, ax, grid, col, int(options.get("levels", 18)))
+        notes += draw_plane_overlay(ax, anchors, traj)
         ax.set_title(title)
         _legend(ax, loc="upper right")
         _note(ax, notes)
@@ -685,13 +701,16 @@ BUILDERS["fig9_ensembles"] = _fig9
 
 def build_figure(name: str, layout: Mapping, options: Mapping | None = None) -> Figure:
     """Build (not save) figure ``name``; raises ValueError for an unknown name."""
-    if name not in BUILDERS:
+    from .figures_lenses import BUILDERS as LENS_BUILDERS  # draws with this module's helpers: imported late
+
+    builders = {**BUILDERS, **LENS_BUILDERS}
+    if name not in builders:
         raise ValueError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}")
     _style()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return BUILDERS[name](layout or {}, dict(options or {}))
+        return builders[name](layout or {}, dict(options or {}))
 
 
 def save_figure(fig: Figure, outputs: Sequence[str | Path], dpi: float = DEFAULT_DPI) -> list[Path]:

@@ -11,6 +11,8 @@ then loss and accuracy are taken in eval mode.
 * :func:`plane_basis` / :func:`plane_grid`: the plane through w1, w2 and a bend
   (Garipov et al.'s Fig. 3 plane), a grid of loss/accuracy over it and the
   projections of other checkpoints (distance from the plane included).
+* :func:`surface_metrics`: loss/accuracy at points ``origin + sum c_i axis_i`` of any
+  low-dimensional slice (the plane grid, the lenses' random and PCA slices).
 """
 from __future__ import annotations
 
@@ -298,18 +300,45 @@ def plane_grid(module: nn.Module, w1: Mapping, w2: Mapping, theta: Mapping, trai
     for p in points:
         p.update(own[p["label"]])
     ugrid, vgrid = grid_axes(points, grid_points, margin)
-    base_buf = layout.flat_fbufs(w1, device=device)
-    others = {k: w1[k].to(device) for k in layout.other_keys}
-    rows = []
-    for b in vgrid:
-        for a in ugrid:
-            pvec = basis.point(float(a), float(b)).to(device=device, dtype=layout.dtype)
-            state = layout.state(pvec, base_buf.clone(), others)
-            m = _point_metrics(module, state, train_loader, test_loader, bn_loader, bn_batches, device)
-            rows.append({"u": float(a), "v": float(b), **m})
-            if log:
-                log(f"u={a:.3f} v={b:.3f} train_loss={m['train_loss']:.4f} test_loss={m['test_loss']:.4f}")
+    coords = [(float(a), float(b)) for b in vgrid for a in ugrid]
+    metrics = surface_metrics(module, w1, basis.origin, [basis.u, basis.v], coords, train_loader, test_loader,
+                              bn_loader=bn_loader, bn_batches=bn_batches, log=log)
+    rows = [{"u": a, "v": b, **m} for (a, b), m in zip(coords, metrics)]
     return pd.DataFrame(rows, columns=GRID_COLUMNS), pd.DataFrame(points, columns=POINT_COLUMNS)
+
+
+@torch.no_grad()
+def surface_metrics(module: nn.Module, base: Mapping[str, torch.Tensor], origin: torch.Tensor,
+                    axes: Sequence[torch.Tensor], coords: Sequence[Sequence[float]], train_loader: Any,
+                    test_loader: Any = None, *, bn_loader: Any = None, bn_batches: int | None = None,
+                    log: Callable[[str], None] | None = None) -> list[dict]:
+    """Loss/accuracy at ``origin + sum_i c_i axes[i]`` for every coordinate tuple ``c`` in ``coords``.
+
+    ``origin`` and ``axes`` are flat parameter vectors (the module's floating parameters, in
+    :class:`~closerlook.curves.Layout` order, any float dtype; summed in float64). Each point is one
+    state dict run through ``functional_call``: no model is rebuilt, the BN statistics are recomputed
+    (:func:`recompute_bn`), then one evaluation pass per loader. Buffers other than BN statistics
+    come from ``base``. Used by the plane grid and by the lenses (:mod:`closerlook.lenses`).
+    """
+    layout = Layout(module)
+    device = next((v.device for v in module.state_dict().values()), torch.device("cpu"))
+    o = origin.to(device=device, dtype=torch.float64)
+    ax = [a.to(device=device, dtype=torch.float64) for a in axes]
+    base_buf = layout.flat_fbufs(base, device=device)
+    others = {k: base[k].to(device) for k in layout.other_keys}
+    out = []
+    for c in coords:
+        if len(c) != len(ax):
+            raise ValueError(f"surface_metrics: a point with {len(c)} coordinates for {len(ax)} axes")
+        p = o.clone()
+        for ci, a in zip(c, ax):
+            p.add_(a, alpha=float(ci))
+        state = layout.state(p.to(layout.dtype), base_buf.clone(), others)
+        m = _point_metrics(module, state, train_loader, test_loader, bn_loader, bn_batches, device)
+        out.append(m)
+        if log:
+            log(" ".join(f"{x:.3f}" for x in c) + f" train_loss={m['train_loss']:.4f} test_loss={m['test_loss']:.4f}")
+    return out
 
 
 def diverged_plane_tables(labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -13,6 +13,8 @@ pattern and the path a figure reads come from the same function::
     results/<name>/planes/<plane>/<inst>/{grid.csv, points.csv}
     results/<name>/activations/<run>/seed<S>/<tag>/
     results/<name>/similarity/<comparison>/<inst>.csv
+    results/<name>/lenses/<plane>/<inst>/{slice1d_<end>,slice2d_<end>,pca,trajectory,views,pca_grid}.csv, components.pt
+    results/<name>/sharpness/paths/<curve>/<inst>/<path>.csv, sharpness/checkpoints/<run>/seed<S>/<tag>.csv
     results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json
     results/<name>/logs/<stage>/...log, work/{runs,curves}/... (resume state)
     <cache_dir>/<data set>-{train,test}.pt   (decoded data, shared by configs)
@@ -20,10 +22,15 @@ pattern and the path a figure reads come from the same function::
 from __future__ import annotations
 
 PAPER_FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
-FIGURES = PAPER_FIGURES + ("fig9_ensembles",)  # + beyond the paper: the ensemble comparison
+LENS_FIGURES = ("fig7_lenses", "fig8_sharpness")  # the older lenses beside the paper's (closerlook.figures_lenses)
+EXTRA_FIGURES = ("fig9_ensembles",)  # beyond the paper: the ensemble comparison (closerlook.figures_ensembles)
+FIGURES = PAPER_FIGURES + LENS_FIGURES + EXTRA_FIGURES
 FIGURE_FORMATS = ("pdf", "png")
 CURVE_FILES = ("curve.pt", "metrics.csv")
 PLANE_FILES = ("grid.csv", "points.csv")
+LENS_ENDS = ("w1", "w2")  # the lens slices are taken around both endpoints of the plane's curve
+LENS_SLICE_KINDS = ("slice1d", "slice2d")
+LENS_TRAJECTORY_FILES = ("pca.csv", "trajectory.csv", "views.csv", "components.pt")
 RUN_TABLES = ("metrics.csv", "status.json")
 SPLITS = ("train", "test")
 DATA_CACHE_DIR = "resources/data"  # decoded data sets, shared by every config
@@ -105,6 +112,26 @@ def curve_work(R: str, curve: str, inst: str) -> str:
 def plane_file(R: str, plane: str, inst: str, name: str) -> str:
     """``name``: ``grid.csv`` or ``points.csv``."""
     return f"{R}/planes/{plane}/{inst}/{name}"
+
+
+def lens_file(R: str, plane: str, inst: str, name: str) -> str:
+    """``name``: ``<slice1d|slice2d>_<w1|w2>.csv``, ``pca.csv``, ``trajectory.csv``, ``views.csv``,
+    ``components.pt`` (the top-2 PCA axes) or ``pca_grid.csv``."""
+    return f"{R}/lenses/{plane}/{inst}/{name}"
+
+
+def lens_slice(R: str, plane: str, inst: str, kind: str, end: str) -> str:
+    """The filter-normalised slice ``kind`` (``slice1d`` | ``slice2d``) around endpoint ``end`` (``w1`` | ``w2``)."""
+    return lens_file(R, plane, inst, f"{kind}_{end}.csv")
+
+
+def sharpness_path(R: str, curve: str, inst: str, path: str) -> str:
+    """Sharpness at t-points along the fitted curve (``path="curve"``) or the straight line (``"line"``)."""
+    return f"{R}/sharpness/paths/{curve}/{inst}/{path}.csv"
+
+
+def sharpness_checkpoint(R: str, run: str, seed, tag: str) -> str:
+    return f"{R}/sharpness/checkpoints/{run}/seed{seed}/{tag}.csv"
 
 
 def activation_dir(R: str, run: str, seed, tag: str) -> str:

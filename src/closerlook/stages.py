@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -94,7 +95,8 @@ def _eval_loaders(data: Mapping, device, eval_train_images: int | None, batch_si
 
 
 def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, seed: int = 0,
-              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print, factories: Sequence[str] = ()) -> None:
+              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print,
+                                                              factories: Sequence[str] = ()) -> None:
     """Fit the bends of a curve between two checkpoints into ``out`` (resumable), then publish onto ``outputs``.
 
     ``settings``: a curve's settings (:data:`closerlook.curves.FIT_DEFAULTS` keys, e.g. ``kind``,
@@ -184,6 +186,201 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
     write_csv(pts, out / "points.csv")
 
 
+# ----------------------------------------------------------------------------- lenses, sharpness
+
+def _diverged_table(columns: Sequence[str], **fixed) -> pd.DataFrame:
+    row = {c: float("nan") for c in columns}
+    row.update(fixed, status="diverged")
+    return pd.DataFrame([row], columns=list(columns) + ([] if "status" in columns else ["status"]))
+
+
+def _state_on(ck: Mapping, dev) -> dict:
+    return {k: v.to(dev) for k, v in ck["model"].items()}
+
+
+def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Mapping, device: Any = "auto",
+                log: Log = print, factories: Sequence[str] = ()) -> None:
+    """The 1-D and 2-D filter-normalised slices around one checkpoint (:func:`closerlook.lenses.random_slices`)."""
+    from . import lenses
+    from .tables import GRID_COLUMNS, SLICE_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    ck = _endpoint(ckpt)
+    if ck is None:
+        write_csv(_diverged_table(SLICE_COLUMNS), out_1d)
+        write_csv(_diverged_table(GRID_COLUMNS), out_2d)
+        log("the checkpoint diverged: wrote slices marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(ck, ckpt, dev, factories)
+    tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
+    d1, d2 = lenses.random_slices(module, _state_on(ck, dev), tr, te, seed=int(s["seed"]), points=int(s["points"]),
+                                  grid=list(s["grid"]), span=float(s["span"]), bn_batches=s["bn_batches"], log=log)
+    write_csv(d1, out_1d)
+    write_csv(d2, out_2d)
+
+
+def _trajectory_views(module, dev, w1: str, w2: str, bend_ck: Mapping, curve: str, seed: int) -> dict:
+    """Each comparison view's directions: the line, the Fig. 3 curve plane, the random slices at w1 and w2."""
+    from .curves import Layout
+    from .lenses import filter_normalised_direction
+
+    lay = Layout(module)
+    a, b = _state_on(_endpoint(w1), dev), _state_on(_endpoint(w2), dev)
+    pa, pb = lay.flat_params(a, torch.float64), lay.flat_params(b, torch.float64)
+    bend = lay.flat_params(curves.bend_of(bend_ck, curve, module, dev), torch.float64)
+    views = {"straight line w1-w2": [pb - pa], "curve plane (Fig. 3)": [pb - pa, bend - pa]}
+    for end, st in (("w1", a), ("w2", b)):
+        d0, d1 = (filter_normalised_direction(module, st, seed + i) for i in (0, 1))
+        views[f"random 1-D at {end}"] = [d0]
+        views[f"random 2-D at {end}"] = [d0, d1]
+    return views
+
+
+def lens_trajectory(ckpts: Sequence[str], w1: str, w2: str, curve: str, out_dir: str, settings: Mapping,
+                    device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
+    """PCA (streamed Gram, origin = the LAST checkpoint) and t-SNE of a run's checkpoints, and the share of the
+    trajectory's variance each view keeps: ``pca.csv``, ``trajectory.csv``, ``views.csv``, ``components.pt``."""
+    from . import lenses
+    from .curves import Layout
+    from .io import atomic_torch_save
+    from .tables import PCA_COLUMNS, TRAJECTORY_COLUMNS, VIEW_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    out = Path(out_dir)
+    metas = []
+    for p in ckpts:  # one checkpoint in memory at a time: only the meta is kept
+        ck = load_checkpoint(p)
+        metas.append(None if ck["model"] is None else ck["meta"])
+    bend_ck = load_checkpoint(curve)
+    if any(m is None for m in metas) or _endpoint(w1) is None or _endpoint(w2) is None or bend_ck["model"] is None:
+        for name, cols in (("pca", PCA_COLUMNS), ("trajectory", TRAJECTORY_COLUMNS), ("views", VIEW_COLUMNS)):
+            write_csv(_diverged_table(cols), out / f"{name}.csv")
+        atomic_torch_save({"components": None, "status": "diverged"}, out / "components.pt")
+        log("a checkpoint of the trajectory (or the pair) diverged: wrote tables marked diverged")
+        return
+    by_iter = {}
+    for i, m in enumerate(metas):  # one row per iteration: the final wins over the last epoch's copy of it
+        by_iter[m.get("iteration", i)] = i
+    keep = [by_iter[k] for k in sorted(by_iter)]  # in training order; the final (the origin) last
+    files = [ckpts[i] for i in keep]
+    dev = resolve_device(device)
+    module = _module({"meta": metas[-1]}, ckpts[-1], dev, factories)
+    lay = Layout(module)
+    load = lambda i: lay.flat_params(load_checkpoint(files[i], map_location=dev)["model"], torch.float64)  # noqa: E731
+    n, origin = len(files), load(len(files) - 1)
+    pca = lenses.pca_from_gram(lenses.trajectory_gram(load, n, origin, s["memory_mb"]), s["center"])
+    comps = lenses.pca_components(load, n, origin, pca, k=2)
+    views = {**_trajectory_views(module, dev, w1, w2, bend_ck, curve, int(s["seed"])), "PCA plane (top 2)": list(comps)}
+    shares = lenses.variance_shares(load, n, origin, views, total=pca.total, center=s["center"])
+    tsne = lenses.tsne_coords(pca.gram, s["perplexity"], s["tsne_seed"])
+    explained = ", ".join(f"{e:.3f}" for e in pca.explained[:3])
+    why = "drawn" if tsne is not None else f"skipped (perplexity {s['perplexity']} >= N / 3)"
+    log(f"{n} checkpoints, explained variance of the first axes {explained}; t-SNE {why}")
+    labels = [Path(f).stem for f in files]
+    traj = pd.DataFrame({"label": labels, "iteration": [metas[i].get("iteration") for i in keep],
+                         "pc1": pca.coords[:, 0], "pc2": pca.coords[:, 1] if n > 1 else 0.0,
+                         "tsne1": tsne[:, 0] if tsne is not None else float("nan"),
+                         "tsne2": tsne[:, 1] if tsne is not None else float("nan")}, columns=TRAJECTORY_COLUMNS)
+    write_csv(pd.DataFrame({"axis": range(1, n + 1), "eigenvalue": pca.eigenvalues, "explained": pca.explained},
+                           columns=PCA_COLUMNS), out / "pca.csv")
+    write_csv(traj, out / "trajectory.csv")
+    write_csv(pd.DataFrame([{"view": v, "dims": len(views[v]), "variance_share": shares[v]} for v in views],
+                           columns=VIEW_COLUMNS), out / "views.csv")
+    atomic_torch_save({"components": comps.float().cpu(), "labels": labels, "center": s["center"], "status": "ok"},
+                      out / "components.pt")
+
+
+def lens_pca_grid(origin_ckpt: str, components: str, trajectory: str, out: str, settings: Mapping, data: Mapping,
+                  device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
+    """The loss surface on the top-2 PCA plane through the trajectory's last checkpoint (BN recomputed per point)."""
+    from . import lenses
+    from .curves import Layout
+    from .io import safe_torch_load
+    from .tables import GRID_COLUMNS
+
+    s = {**lenses.LENS_DEFAULTS, **settings}
+    comp = safe_torch_load(components)
+    ck = _endpoint(origin_ckpt)
+    if ck is None or comp.get("components") is None:
+        write_csv(_diverged_table(GRID_COLUMNS), out)
+        log("the trajectory diverged: wrote a grid marked diverged")
+        return
+    xy = pd.read_csv(trajectory)[["pc1", "pc2"]].to_numpy(dtype=float)
+    coords = lenses.pca_grid_coords(xy, list(s["pca_grid"]), float(s["margin"]))
+    dev = resolve_device(device)
+    module = _module(ck, origin_ckpt, dev, factories)
+    state = _state_on(ck, dev)
+    tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
+    origin = Layout(module).flat_params(state, torch.float64)
+    axes = [c.to(dev, torch.float64) for c in comp["components"]]
+    rows = landscape.surface_metrics(module, state, origin, axes, coords, tr, te, bn_batches=s["bn_batches"], log=log)
+    write_csv(pd.DataFrame([{"u": u, "v": v, **m} for (u, v), m in zip(coords, rows)], columns=GRID_COLUMNS), out)
+
+
+def _sharpness_rows(module, states, labels, ts, settings, data, dev, log) -> pd.DataFrame:
+    from .sharpness import sharpness_at, subset_batches
+    from .tables import SHARPNESS_COLUMNS
+
+    d = _data_block(data)
+    bn_loader, _ = _eval_loaders(d, dev, settings["eval_train_images"], settings["eval_batch_size"])
+    sub, _ = _eval_loaders(d, dev, settings["images"], settings["batch_size"])
+    batches = subset_batches(sub, int(settings["images"]))
+    rows = []
+    for t, label, state in zip(ts, labels, states):
+        r = sharpness_at(module, state(), bn_loader, batches, lanczos_steps=int(settings["lanczos_steps"]),
+                         probes=int(settings["probes"]), seed=int(settings["seed"]), bn_batches=settings["bn_batches"])
+        rows.append({"t": t, "label": label, **r, "status": "ok" if np.isfinite(r["loss"]) else "diverged"})
+        log(f"{label} t={t:.3f} loss={r['loss']:.4f} lambda_max={r['lambda_max']:.4g} lambda_min={r['lambda_min']:.4g} "
+            f"trace={r['trace']:.4g}+-{r['trace_se']:.2g}")
+    return pd.DataFrame(rows, columns=SHARPNESS_COLUMNS)
+
+
+def sharpness_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
+                   device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
+    """Sharpness (:func:`closerlook.sharpness.sharpness_at`) at ``points`` t along the fitted curve or the line."""
+    from .sharpness import SHARPNESS_DEFAULTS
+    from .tables import SHARPNESS_COLUMNS
+
+    s = {**SHARPNESS_DEFAULTS, **settings}
+    label = "curve" if curve else "line"
+    ts = [float(t) for t in np.linspace(0.0, 1.0, int(s["points"]))]
+    a, b = _endpoint(start), _endpoint(end)
+    if a is None or b is None or (curve and load_checkpoint(curve)["meta"].get("status") == "diverged"):
+        write_csv(_diverged_table(SHARPNESS_COLUMNS, label=label), out)
+        log("an endpoint (or the curve) diverged: wrote a table marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(a, start, dev, factories)
+    path = curves.load_curve(curve, module, map_location=dev) if curve else curves.line(module, a["model"], b["model"])
+    path.to(dev)
+
+    def at(t):
+        @torch.no_grad()
+        def state():
+            return {k: v.detach().clone() for k, v in path.weights_at(t).items()}
+        return state
+
+    write_csv(_sharpness_rows(module, [at(t) for t in ts], [label] * len(ts), ts, s, data, dev, log), out)
+
+
+def sharpness_checkpoint(ckpt: str, label: str, out: str, settings: Mapping, data: Mapping, device: Any = "auto",
+                         log: Log = print, factories: Sequence[str] = ()) -> None:
+    """Sharpness of one checkpoint (one row, ``t`` NaN)."""
+    from .sharpness import SHARPNESS_DEFAULTS
+    from .tables import SHARPNESS_COLUMNS
+
+    s = {**SHARPNESS_DEFAULTS, **settings}
+    ck = _endpoint(ckpt)
+    if ck is None:
+        write_csv(_diverged_table(SHARPNESS_COLUMNS, label=label), out)
+        log("the checkpoint diverged: wrote a row marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(ck, ckpt, dev, factories)
+    write_csv(_sharpness_rows(module, [lambda: _state_on(ck, dev)], [label], [float("nan")], s, data, dev, log), out)
+
+
 # ----------------------------------------------------------------------------- representations, reports
 
 def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, probe_size: int,
@@ -250,7 +447,8 @@ def claims(layouts: Mapping, rules: Mapping, json_path: str, md_path: str) -> di
 
 # ----------------------------------------------------------------------------- alignment, AutoNEB, ensembles
 
-def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = print) -> None:
+def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = print,
+              factories: Sequence[str] = ()) -> None:
     """``end``'s weights permuted to match ``start`` (weight matching), saved as a checkpoint with ``end``'s meta
     plus the L2 distances to ``start`` before and after, and the seconds it took."""
     import time
@@ -262,7 +460,7 @@ def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = prin
         save_checkpoint(out, None, {"status": "diverged", "aligned_to": str(start), "aligned_from": str(end)})
         log("an endpoint diverged: wrote the aligned end marked diverged")
         return
-    module = _module(a, start, "cpu")
+    module = _module(a, start, "cpu", factories)
     t0 = time.perf_counter()
     aligned = align.align(module, a["model"], b["model"], settings)
     seconds = time.perf_counter() - t0
@@ -276,7 +474,7 @@ def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = prin
 
 
 def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], settings: Mapping, align_settings: Mapping,
-                     data: Mapping, device: Any = "auto", log: Log = print) -> None:
+                     data: Mapping, device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Per output kind: the straight line from ``start`` to the aligned end (``"aligned"``) or the same line
     REPAIRed (``"repaired"``, networks without BN; statistics from the first ``repair_images`` training images)."""
     from . import align
@@ -289,7 +487,7 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
         log("an endpoint diverged: wrote tables marked diverged")
         return
     dev = resolve_device(device)
-    module = _module(a, start, dev)
+    module = _module(a, start, dev, factories)
     d = _data_block(data)
     tr, te = _eval_loaders(d, dev, s["eval_train_images"], s["eval_batch_size"])
     ts = landscape.path_points(s["points"])
@@ -304,7 +502,7 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
 
 
 def autoneb(start: str, end: str, outputs: Mapping[str, str], settings: Mapping, eval_settings: Mapping, data: Mapping,
-            device: Any = "auto", log: Log = print) -> None:
+            device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """AutoNEB between two checkpoints: ``outputs["pivots"]`` (autoneb.pt), ``["metrics"]`` (one row per cycle)
     and ``["table"]`` (autoneb.csv: the chain evaluated like a curve, BN recomputed at each t)."""
     from . import autoneb as neb
@@ -319,7 +517,7 @@ def autoneb(start: str, end: str, outputs: Mapping[str, str], settings: Mapping,
         log("an endpoint diverged: wrote AutoNEB outputs marked diverged")
         return
     dev = resolve_device(device)
-    module = _module(a, start, dev)
+    module = _module(a, start, dev, factories)
     d = _data_block(data)
     xtr, ytr, _, _, info = load_subsets(d)
     loader = DeviceLoader(xtr, ytr, s["batch_size"], mean=info["mean"], std=info["std"], device=dev, augment=False,
@@ -341,7 +539,8 @@ def _train_loader(data: Mapping, training: Mapping, dev):
             DeviceLoader(xtr, ytr, 500, augment=False, shuffle=False, drop_last=False, **kw))
 
 
-def _from_base(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any, what: str):
+def _from_base(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any, what: str,
+               factories: Sequence[str] = ()):
     """(base checkpoint, its model, training loader, BN loader, iterations) for FGE / SWA; None (outputs
     written marked diverged) when the base run had diverged."""
     b = _endpoint(base)
@@ -350,16 +549,17 @@ def _from_base(base: str, outputs: Sequence[str], training: Mapping, data: Mappi
             save_checkpoint(out, None, {"status": "diverged", f"{what}_base": str(base)})
         return None
     dev = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(base), base).to(dev)
+    model = model_from_checkpoint(load_checkpoint(base), base, allow=factories).to(dev)
     loader, bn_loader = _train_loader(data, training, dev)
     return b, model, loader, bn_loader, int(training["budget_epochs"]) * len(loader)
 
 
-def fge(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any = "auto", log: Log = print) -> None:
+def fge(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any = "auto", log: Log = print,
+        factories: Sequence[str] = ()) -> None:
     """Fast geometric ensembling from ``base``: one member checkpoint per output (Garipov's cyclic lr)."""
     from . import ensembles as ens
 
-    got = _from_base(base, outputs, training, data, device, "fge")
+    got = _from_base(base, outputs, training, data, device, "fge", factories)
     if got is None:
         return
     b, model, loader, _, total = got
@@ -370,11 +570,12 @@ def fge(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, dev
                                   "fge_member": k, "status": "ok"})
 
 
-def swa(base: str, out: str, training: Mapping, data: Mapping, device: Any = "auto", log: Log = print) -> None:
+def swa(base: str, out: str, training: Mapping, data: Mapping, device: Any = "auto", log: Log = print,
+        factories: Sequence[str] = ()) -> None:
     """SWA weights from ``base`` over the same extra budget as FGE (torch.optim.swa_utils), BN recomputed."""
     from . import ensembles as ens
 
-    got = _from_base(base, [out], training, data, device, "swa")
+    got = _from_base(base, [out], training, data, device, "swa", factories)
     if got is None:
         return
     b, model, loader, bn_loader, total = got
@@ -384,19 +585,20 @@ def swa(base: str, out: str, training: Mapping, data: Mapping, device: Any = "au
                                  "swa_averaged": n, "status": "ok"})
 
 
-def _curve_members(curve: Mapping, dev) -> list[tuple[str, dict | None]]:
+def _curve_members(curve: Mapping, dev, factories: Sequence[str] = ()) -> list[tuple[str, dict | None]]:
     a, b = _endpoint(curve["start"]), _endpoint(curve["end"])
     ck = load_checkpoint(curve["curve"])
     if a is None or b is None or ck["model"] is None:
         return [(f"t={t:.3f}", None) for t in curve["ts"]]
-    c = curves.load_curve(curve["curve"], _module(a, curve["start"], dev), map_location=dev)
+    c = curves.load_curve(curve["curve"], _module(a, curve["start"], dev, factories), map_location=dev)
     c.check_endpoints(a["model"], b["model"], curve["curve"], curve["start"], curve["end"])
     with torch.no_grad():
         return [(f"t={t:.3f}", {k: v.detach().clone() for k, v in c.weights_at(t).items()}) for t in curve["ts"]]
 
 
 def ensembles(members: Mapping[str, Sequence[str]], curve: Mapping, budgets: Mapping, settings: Mapping, data: Mapping,
-              outputs: Mapping[str, str], device: Any = "auto", log: Log = print) -> None:
+              outputs: Mapping[str, str], device: Any = "auto", log: Log = print,
+                  factories: Sequence[str] = ()) -> None:
     """``outputs["ensembles"]`` and ``["members"]``: accuracy, NLL and diversity of every ensemble.
 
     ``members``: method -> member checkpoints (SWA: its one network); ``curve``: ``{"curve", "start", "end", "ts"}``."""
@@ -405,9 +607,9 @@ def ensembles(members: Mapping[str, Sequence[str]], curve: Mapping, budgets: Map
     dev = resolve_device(device)
     loaded = {m: [(Path(p).stem, _endpoint(p)) for p in ps] for m, ps in members.items()}
     first = next(e for es in loaded.values() for _l, e in es if e is not None)
-    module = model_from_checkpoint({"meta": first["meta"], "model": None}).to(dev)
+    module = model_from_checkpoint({"meta": first["meta"], "model": None}, allow=factories).to(dev)
     states = {m: [(lab, None if e is None else e["model"]) for lab, e in es] for m, es in loaded.items()}
-    states["curve"] = _curve_members(curve, dev)
+    states["curve"] = _curve_members(curve, dev, factories)
     swa_meta = (loaded.get("swa") or [(None, None)])[0][1]
     snaps = {"swa": int(swa_meta["meta"].get("swa_averaged", 1))} if swa_meta else {}
     d = _data_block(data)

@@ -26,6 +26,15 @@ PATH_COLUMNS = ["t", "train_loss", "train_acc", "test_loss", "test_acc", "path",
 GRID_COLUMNS = ["u", "v", "train_loss", "train_acc", "test_loss", "test_acc"]
 # train_loss / train_acc: each point's OWN network (BN recomputed, eval mode, the plane's training images)
 POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance", "train_loss", "train_acc"]
+# the lenses (closerlook.lenses): a 1-D slice (2-D slices and the PCA plane's grid use GRID_COLUMNS),
+# the PCA axes, the trajectory's low-dimensional coordinates, each view's share of the trajectory's variance
+SLICE_COLUMNS = ["alpha", "train_loss", "train_acc", "test_loss", "test_acc"]
+PCA_COLUMNS = ["axis", "eigenvalue", "explained"]
+TRAJECTORY_COLUMNS = ["label", "iteration", "pc1", "pc2", "tsne1", "tsne2"]
+VIEW_COLUMNS = ["view", "dims", "variance_share"]
+# sharpness (closerlook.sharpness): one row per point (a t of a path, or a checkpoint)
+SHARPNESS_COLUMNS = ["t", "label", "loss", "grad_norm", "lambda_max", "lambda_min", "trace", "trace_se",
+                     "weight_norm_sq", "lambda_max_scaled", "status"]
 ANCHORS = ("w1", "w2", "bend")
 # per-layer similarity between two activation stores: one row per layer, measure and sample
 # ("all" = the whole probe set, "s<b>" = subsample b), with the shuffle-chance level at that sample's size
@@ -36,7 +45,7 @@ SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "sample", "n_
 ENSEMBLE_COLUMNS = ["method", "members", "snapshots", "budget_epochs", "test_acc", "test_nll", "member_acc_mean",
                     "member_acc_min", "member_nll_mean", "disagreement", "cka", "status"]
 MEMBER_COLUMNS = ["method", "member", "label", "test_acc", "test_nll", "status"]
-_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "sample", "method")
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "sample", "method", "view")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -36,6 +36,8 @@ ENV = "../envs/closerlook.yaml"
 os.environ.update(CLOSERLOOK_REPO=str(Path(workflow.basedir).resolve()))
 SIM = C.similarity_settings(config)
 ACT = C.activation_settings(config)
+LENS = C.lens_settings(config)
+SHARP = C.sharpness_settings(config)
 
 
 wildcard_constraints:
@@ -60,7 +62,7 @@ def all_targets():
     out = [P.data_info(R)]
     for fig in C.figure_names(config):
         out += C.figure_files(config, fig)
-    if C.figure_names(config):
+    if C.claim_figures(config):
         out += [P.claims_file(R, "json"), P.claims_file(R, "md")]
     for curve in config.get("curves") or {}:  # a curve aligned or with AutoNEB: every path beside the others
         kinds = C.path_kinds(config, curve)
@@ -116,6 +118,11 @@ def _ensemble_inputs(wc):
     d.update({f"curve_{key}": p for key, p in _curve_ends(name, inst).items()})
     d["curve"] = P.curve_file(R, name, inst, "curve.pt")
     return d
+def _lens_trajectory_inputs(wc):
+    ends = C.lens_instances(config)[wc.inst]
+    curve = config["planes"][wc.plane]["curve"]
+    return {"trajectory": [ckpt(ep) for ep in C.lens_trajectory(config, wc.inst)], "w1": ckpt(ends["w1"]),
+            "w2": ckpt(ends["w2"]), "curve": P.curve_file(R, curve, wc.inst, "curve.pt")}
 
 
 def _comparison_inputs(wc):
@@ -129,6 +136,6 @@ def _figure_inputs(wc):
 
 def _claims_inputs(wc):
     files = []
-    for fig in C.figure_names(config):
+    for fig in C.claim_figures(config):
         files += C.figure_layout(config, fig)[1]
     return sorted(set(files))

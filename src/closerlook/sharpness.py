@@ -1,0 +1,176 @@
+"""Sharpness: extreme Hessian eigenvalues (Lanczos), Hutchinson's trace and a scale-aware measure.
+
+Any ``nn.Module``; the loss is a function of the flat parameter vector (Layout order) run
+through ``torch.func.functional_call``, and Hessian-vector products are forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``), batch by batch over a FIXED subset of training
+images (the first ``images``, unaugmented). The model is in eval mode with its BN statistics
+recomputed at the point first (:func:`closerlook.landscape.recompute_bn`, the evaluation's
+recipe), so the loss is a smooth function of the weights with no batch dependence.
+
+* ``lambda_max`` / ``lambda_min``: the largest and the smallest Ritz value of ``lanczos_steps``
+  Lanczos steps with full reorthogonalisation (start vector from ``seed``). Both are reported:
+  points along a line or curve are often not minima (``lambda_min < 0``).
+* ``trace`` and ``trace_se``: Hutchinson's estimator with ``probes`` Rademacher vectors
+  (seed ``seed + 1``) and its standard error (sample standard deviation / sqrt(probes)).
+* ``lambda_max_scaled = lambda_max * ||w||^2`` (Dinh et al. 2017: raw sharpness changes under a
+  rescaling that leaves the function unchanged; for weights a BN layer follows, the loss is
+  invariant to w -> c w, the Hessian scales by 1/c^2, so this product does not change).
+  ``||w||^2`` sums every floating parameter (BN weights and biases included).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp
+
+from .curves import Layout
+from .data import batches_of
+from .io import ConfigError
+from .landscape import EVAL_BATCH_SIZE, recompute_bn
+
+# One owner for the sharpness settings (config.sharpness_settings merges the config's block over these).
+SHARPNESS_DEFAULTS: dict[str, Any] = {
+    "images": 256,          # the fixed subset: the first N training images, unaugmented
+    "batch_size": 128,      # HVP batch (memory only: the loss is the mean over all `images`)
+    "lanczos_steps": 20,
+    "probes": 100,          # Hutchinson probe vectors (Rademacher)
+    "seed": 0,              # Lanczos start vector: seed; Hutchinson probes: seed + 1
+    "points": 5,            # t values along a path
+    "bn_batches": None,     # BN recompute on the first N batches of the unaugmented training loader
+    "eval_train_images": None,
+    "eval_batch_size": EVAL_BATCH_SIZE,
+}
+
+
+class HessianOperator:
+    """The training loss on fixed batches as a function of the flat parameters, and its derivatives.
+
+    ``state``: the point (its BN statistics already recomputed); ``batches``: a list of ``(x, y)``.
+    ``hvp(v)`` returns ``H v`` in float64 (computed in the parameters' dtype).
+    """
+
+    def __init__(self, module: nn.Module, state: Mapping[str, torch.Tensor], batches: Sequence[tuple]):
+        if not batches:
+            raise ConfigError("sharpness: no images in the fixed subset")
+        self.module, self.layout = module, Layout(module)
+        self.layout.check(state, "state")
+        self.params = self.layout.flat_params(state).detach()
+        self.buffers = self.layout.flat_fbufs(state).detach()
+        self.others = {k: state[k] for k in self.layout.other_keys}
+        self.batches = list(batches)
+        self.n = sum(int(y.numel()) for _, y in self.batches)
+
+    @property
+    def dim(self) -> int:
+        return int(self.params.numel())
+
+    def _batch_loss(self, x, y) -> Callable[[torch.Tensor], torch.Tensor]:
+        def f(p: torch.Tensor) -> torch.Tensor:
+            st = self.layout.state(p, self.buffers, self.others)
+            return F.cross_entropy(functional_call(self.module, st, (x,)).float(), y, reduction="sum")
+        return f
+
+    def _over_batches(self, fn) -> Any:
+        was = self.module.training
+        self.module.eval()
+        try:
+            return sum(fn(self._batch_loss(x, y)) for x, y in self.batches)
+        finally:
+            self.module.train(was)
+
+    def loss(self) -> float:
+        with torch.no_grad():
+            return float(self._over_batches(lambda f: f(self.params))) / self.n
+
+    def gradient(self) -> torch.Tensor:
+        return self._over_batches(lambda f: grad(f)(self.params)).to(torch.float64) / self.n
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.to(self.params)
+        return self._over_batches(lambda f: jvp(grad(f), (self.params,), (v,))[1]).to(torch.float64) / self.n
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, steps: int, seed: int = 0,
+            device: Any = None) -> np.ndarray:
+    """Ritz values (ascending) of ``steps`` Lanczos steps on the symmetric operator ``matvec``.
+
+    Float64, full reorthogonalisation (twice, against every kept vector; memory ``steps x dim``),
+    start vector N(0, 1) from a CPU generator seeded ``seed``. Stops early when the Krylov space is
+    exhausted (then the Ritz values are eigenvalues of the operator).
+    """
+    steps = int(min(steps, dim))
+    if steps < 1:
+        raise ConfigError(f"sharpness.lanczos_steps: need >= 1 step, got {steps}")
+    g = torch.Generator().manual_seed(int(seed))
+    q = torch.randn(dim, generator=g, dtype=torch.float64).to(device)
+    q /= q.norm()
+    Q = torch.zeros(steps, dim, dtype=torch.float64, device=device)
+    alphas, betas = [], []
+    for j in range(steps):
+        Q[j] = q
+        w = matvec(q).to(device=device, dtype=torch.float64)
+        alphas.append(float(torch.dot(w, q)))
+        for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(w.norm())
+        scale = max(abs(a) for a in alphas) or 1.0
+        if j == steps - 1 or beta <= 1e-12 * scale:
+            break
+        betas.append(beta)
+        q = w / beta
+    k = len(alphas)
+    T = np.diag(alphas) + np.diag(betas[: k - 1], 1) + np.diag(betas[: k - 1], -1)
+    return np.linalg.eigvalsh(T)
+
+
+def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, probes: int, seed: int = 1,
+               device: Any = None) -> tuple[float, float]:
+    """(trace estimate, its standard error) from ``probes`` Rademacher vectors z: mean and sd/sqrt(n) of z^T H z."""
+    if probes < 2:
+        raise ConfigError(f"sharpness.probes: need >= 2 probes for a standard error, got {probes}")
+    g = torch.Generator().manual_seed(int(seed))
+    vals = []
+    for _ in range(int(probes)):
+        z = (torch.randint(0, 2, (dim,), generator=g, dtype=torch.int8).to(torch.float64) * 2 - 1).to(device)
+        vals.append(float(torch.dot(z, matvec(z).to(device=device, dtype=torch.float64))))
+    a = np.asarray(vals)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a)))
+
+
+def subset_batches(loader: Any, images: int, device: Any = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``images`` examples of an (unaugmented, unshuffled) loader as a list of batches."""
+    out, n = [], 0
+    for x, y in batches_of(loader):
+        if n >= images:
+            break
+        take = min(images - n, int(y.numel()))
+        x, y = x[:take], y[:take]
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        out.append((x, y))
+        n += take
+    return out
+
+
+def sharpness_at(module: nn.Module, state: Mapping[str, torch.Tensor], bn_loader: Any,
+                 batches: Sequence[tuple], *, lanczos_steps: int = SHARPNESS_DEFAULTS["lanczos_steps"],
+                 probes: int = SHARPNESS_DEFAULTS["probes"], seed: int = SHARPNESS_DEFAULTS["seed"],
+                 bn_batches: int | None = None) -> dict:
+    """Every sharpness number of one point: BN recomputed on ``bn_loader`` (into a copy of ``state``),
+    then loss, gradient norm, Lanczos extremes, Hutchinson trace (+ SE), ``||w||^2`` and ``lambda_max ||w||^2``."""
+    device = next((v.device for v in state.values()), None)
+    st = {k: v.detach().clone() for k, v in state.items()}
+    recompute_bn(module, st, bn_loader, bn_batches, device)
+    op = HessianOperator(module, st, batches)
+    ritz = lanczos(op.hvp, op.dim, lanczos_steps, seed=seed, device=device)
+    tr, se = hutchinson(op.hvp, op.dim, probes, seed=seed + 1, device=device)
+    wsq = float(op.params.to(torch.float64).pow(2).sum())
+    lmax = float(ritz[-1])
+    return {"loss": op.loss(), "grad_norm": float(op.gradient().norm()), "lambda_max": lmax,
+            "lambda_min": float(ritz[0]), "trace": tr, "trace_se": se, "weight_norm_sq": wsq,
+            "lambda_max_scaled": lmax * wsq}
