@@ -207,6 +207,30 @@ def test_reports_are_written(tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
+def test_fig9_layout_adds_the_beyond_section(good, tmp_path):
+    res = claims.evaluate(good, RULES)
+    beyond = {e["id"]: e for e in res["beyond"]}
+    assert list(beyond) == ["beyond-snapshot", "beyond-fge", "beyond-curve", "beyond-swa"]
+    # make_world's accuracies minus the independent seeds' 0.88: -0.02, -0.01, -0.005, -0.015; tol 0.01
+    assert beyond["beyond-snapshot"]["verdict"] == "not reproduced" and beyond["beyond-curve"]["verdict"] == "reproduced"
+    assert beyond["beyond-curve"]["effects"][0]["estimate"] == pytest.approx(-0.005, abs=1e-9)  # CSV floats, rounded 1e-6
+    assert res["summary"] == {"reproduced": 7, "not reproduced": 0, "inconclusive": 0}  # the paper's claims only
+    claims.write_reports(res, tmp_path / "claims.json", tmp_path / "claims.md")
+    assert json.loads((tmp_path / "claims.json").read_text())["beyond"] == json.loads(json.dumps(res["beyond"]))
+    md = (tmp_path / "claims.md").read_text()
+    head, details = md.split("## The paper's claims: details")
+    assert "## Beyond the paper\n\nReproduced: 1, not reproduced: 3, inconclusive: 0." in head
+    assert "| beyond-curve | Curve ensembles | **reproduced** | test accuracy minus the independent seeds'" in head
+    assert "### Entry beyond-fge: not reproduced" in details and "curve members trained above chance" in details
+
+    diverged = claims.evaluate(make_world(tmp_path / "d", diverge=("ensembles",)), RULES)
+    fge = next(e for e in diverged["beyond"] if e["id"] == "beyond-fge")
+    assert fge["verdict"] == "inconclusive" and "fge and independent rows" in fge["reason"]
+
+    without = claims.evaluate({k: v for k, v in good.items() if k != "fig9_ensembles"}, RULES)
+    assert "beyond" not in without and "Beyond the paper" not in claims.to_markdown(without)
+
+
 def test_measure_choice(good):
     # the synthetic linear_cka is 0.9 x cca_mean (chance 0.1): the depth-profile gap scales by 0.9 too
     c5 = claim(good, 5, {**RULES, "measure": "linear_cka"})

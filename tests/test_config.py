@@ -74,7 +74,11 @@ def test_extra_blocks_errors_name_the_key(extra, edit, key):
         C.validate_config(cfg)
 def test_demo_extra_draws_the_lens_figures_beside_fig3(extra):
     assert C.figure_names(extra) == ["fig3_plane", "fig7_lenses", "fig8_sharpness", "fig9_ensembles"]
-    assert C.claim_figures(extra) == ["fig3_plane"]  # the lens figures carry no claim
+    # the paper's figures and fig9 ("Beyond the paper"); the lens figures carry no claim
+    assert C.claim_figures(extra) == ["fig3_plane", "fig9_ensembles"]
+    claim_inputs = {f for fig in C.claim_figures(extra) for f in C.figure_layout(extra, fig)[1]}
+    assert "results/demo_extra/ensembles/seed0/ensembles.csv" in claim_inputs  # the claims rule waits for it
+    assert not any(f.startswith(("results/demo_extra/lenses/", "results/demo_extra/sharpness/")) for f in claim_inputs)
     for fig in ("fig7_lenses", "fig8_sharpness"):
         layout, files = C.figure_layout(extra, fig)
         assert files and all(f.startswith(("results/demo_extra/lenses/", "results/demo_extra/sharpness/",

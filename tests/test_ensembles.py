@@ -2,12 +2,15 @@
 the "Beyond the paper" entries on synthetic tables."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from closerlook import ensembles as E
+from closerlook import verdicts
 from closerlook.io import ConfigError
 from closerlook.schedules import sgdr_cycle_ends
 from closerlook.tables import ENSEMBLE_COLUMNS, write_csv
@@ -99,43 +102,76 @@ def _row(method, acc, member_min=0.8, snaps=4, budget=10.0, status="ok"):
             "status": status}
 
 
-def _verdicts(tmp_path, per_inst):
+def _verdicts(tmp_path, per_inst, num_classes=10, rules=None):
     layout = {"ensembles": {f"i{k}": _table(tmp_path / f"e{k}.csv", rows) for k, rows in enumerate(per_inst)}}
-    return {e["id"]: e for e in E.evaluate_beyond(layout)}
+    if num_classes:
+        info = tmp_path / "info.json"
+        info.write_text(json.dumps({"info": {"num_classes": num_classes}}))
+        layout["data_info"] = str(info)
+    return {e["id"]: e for e in E.evaluate_beyond(layout, rules)}
 
 
 def test_beyond_gives_each_verdict(tmp_path):
     ref = _row("independent", 0.90, budget=20.0)
-    v = _verdicts(tmp_path, [[ref, _row("snapshot", 0.895), _row("fge", 0.80), _row("curve", 0.90, member_min=0.11),
+    v = _verdicts(tmp_path, [[ref, _row("snapshot", 0.895), _row("fge", 0.80), _row("curve", 0.90, member_min=0.19),
                               _row("swa", 0.91, budget=30.0)]])
     assert v["beyond-snapshot"]["verdict"] == "reproduced"
     assert v["beyond-fge"]["verdict"] == "not reproduced"
+    # 10 classes: a member at 0.19 is within min_acc_above_chance (0.1) of chance 1/10
     assert v["beyond-curve"]["verdict"] == "inconclusive"
-    assert "trained above chance" in v["beyond-curve"]["reason"]
+    assert "curve members trained above chance" in v["beyond-curve"]["reason"]
     assert v["beyond-swa"]["verdict"] == "inconclusive" and "no more training" in v["beyond-swa"]["reason"]
     eff = v["beyond-fge"]["effects"][0]
     assert eff["kind"] == "range" and eff["n"] == 1
     assert eff["estimate"] == pytest.approx(-0.10, abs=1e-12)  # float64 difference of two CSV values
     for e in v.values():
         assert {"verdict", "premises", "effects", "rule", "reason", "measured"} <= set(e)
-        assert all({"name", "holds", "value", "rule"} <= set(p) for p in e["premises"])
-        assert all({"name", "estimate", "low", "high", "n", "kind"} <= set(f) for f in e["effects"])
+        assert all(set(p) == {"name", "holds", "value", "rule"} for p in e["premises"])
+        assert all(set(f) == {"name", "estimate", "low", "high", "n", "kind"} for f in e["effects"])
 
 
-def test_beyond_interval_straddling_is_inconclusive(tmp_path):
+def test_beyond_chance_comes_from_the_data(tmp_path):
+    ref = _row("independent", 0.90, budget=20.0)
+    rows = [ref, _row("snapshot", 0.90, member_min=0.55)]
+    assert _verdicts(tmp_path, [rows], num_classes=10)["beyond-snapshot"]["verdict"] == "reproduced"
+    two = _verdicts(tmp_path, [rows], num_classes=2)["beyond-snapshot"]  # chance 1/2: 0.55 is not 0.1 above it
+    assert two["verdict"] == "inconclusive" and "1/2 + 0.1 = 0.6" in two["reason"]
+    unknown = _verdicts(tmp_path, [rows], num_classes=None)["beyond-snapshot"]
+    assert unknown["verdict"] == "inconclusive" and "number of classes unknown" in unknown["reason"]
+
+
+def test_beyond_tolerance_is_the_rule(tmp_path):
+    ref = _row("independent", 0.90, budget=20.0)
+    rows = [[ref, _row("fge", 0.80)]]
+    assert _verdicts(tmp_path, rows)["beyond-fge"]["verdict"] == "not reproduced"
+    loose = _verdicts(tmp_path, rows, rules={"ensemble_acc_tol": 0.2})["beyond-fge"]
+    assert loose["verdict"] == "reproduced" and "above -0.2" in loose["rule"]
+
+
+def test_beyond_interval_decides_or_straddles(tmp_path):
     ref = _row("independent", 0.90, budget=20.0)
     insts = [[ref, _row("snapshot", 0.90 + d)] for d in (-0.03, 0.01, -0.02, 0.02)]
     e = _verdicts(tmp_path, insts)["beyond-snapshot"]
     acc = e["effects"][0]
     assert acc["kind"] == "interval" and acc["n"] == 4 and acc["low"] < -0.01 < acc["high"]
     assert e["verdict"] == "inconclusive" and "straddles" in e["reason"]
+    tight = [[ref, _row("snapshot", 0.90 + d)] for d in (0.0, 0.002, 0.004, 0.006)]
+    e = _verdicts(tmp_path, tight)["beyond-snapshot"]
+    assert e["effects"][0]["kind"] == "interval" and e["effects"][0]["low"] > -0.01
+    assert e["verdict"] == "reproduced" and e["seeds"] == ["i0", "i1", "i2", "i3"]
 
 
 def test_beyond_diverged_or_missing_is_inconclusive(tmp_path):
     ref = _row("independent", 0.90, budget=20.0)
-    v = _verdicts(tmp_path, [[ref, _row("snapshot", 0.90, status="diverged")]])
-    assert v["beyond-snapshot"]["verdict"] == "inconclusive"
+    insts = [[ref, _row("snapshot", 0.90, status="diverged")], [ref, _row("snapshot", 0.95)]]
+    v = _verdicts(tmp_path, insts)
+    assert v["beyond-snapshot"]["verdict"] == "inconclusive" and "1 of 2" in v["beyond-snapshot"]["reason"]
+    # min_pairs 1: the diverged instance is reported and left out; the other decides
+    one = _verdicts(tmp_path, insts, rules={"min_pairs": 1})["beyond-snapshot"]
+    assert one["verdict"] == "reproduced" and one["seeds"] == ["i1"] and one["effects"][0]["n"] == 1
+    assert not next(p for p in one["premises"] if p["name"].startswith("i0:"))["holds"]
     missing = E.evaluate_beyond({"ensembles": {"i0": str(tmp_path / "nope.csv")}})
-    assert missing and all(e["verdict"] == "inconclusive" for e in missing)
-    text = E.render_beyond(missing)
-    assert text.startswith("## Beyond the paper") and "premise absent" in text
+    assert [e["id"] for e in missing] == [f"beyond-{m}" for m in ("snapshot", "fge", "curve", "swa")]
+    assert all(e["verdict"] == "inconclusive" for e in missing)
+    text = verdicts.to_markdown({"beyond": missing})
+    assert "## Beyond the paper" in text and "premise absent" in text

@@ -4,10 +4,12 @@
 ``{figure name: layout}`` from :func:`closerlook.config.figure_layout`) and returns::
 
     {"rules": {...}, "summary": {"reproduced": n, "not reproduced": n, "inconclusive": n},
-     "claims": [entry, ...]}
+     "claims": [entry, ...], "beyond": [entry, ...]}
 
 with every entry in the contract of :mod:`closerlook.verdicts` (``verdict``, ``premises``,
-``effects``, ``rule``, ``reason``, ``measured``). :func:`write_reports` writes ``claims.json``
+``effects``, ``rule``, ``reason``, ``measured``). ``summary`` counts the paper's claims;
+``beyond`` (only with a ``fig9_ensembles`` layout) is the ensemble comparison of
+:func:`closerlook.ensembles.evaluate_beyond`. :func:`write_reports` writes ``claims.json``
 and ``claims.md`` atomically; :func:`to_markdown` renders ``result["claims"]`` and any other
 list of entries in ``result`` (e.g. ``result["beyond"]``) with the same table and sections.
 
@@ -583,7 +585,12 @@ def evaluate(layouts: Mapping[str, Mapping], rules: Mapping | None) -> dict:
         _claim6(layouts.get("fig5_freeze", {}) or {}, r),
         _claim7(layouts.get("fig6_distill", {}) or {}, r),
     ]
-    return {"rules": r, "summary": V.summary(results), "claims": results}
+    out = {"rules": r, "summary": V.summary(results), "claims": results}  # summary: the paper's claims only
+    if layouts.get("fig9_ensembles"):
+        from .ensembles import evaluate_beyond  # only here: claims alone stay free of torch
+
+        out["beyond"] = evaluate_beyond(layouts["fig9_ensembles"], r)
+    return out
 
 
 def to_markdown(result: Mapping) -> str:

@@ -367,8 +367,9 @@ def figure_names(cfg: dict) -> list[str]:
 
 
 def claim_figures(cfg: dict) -> list[str]:
-    """The configured paper figures: the claims read only these (the lens figures carry no claim)."""
-    return [f for f in figure_names(cfg) if f in paths.PAPER_FIGURES]
+    """The configured figures the claims report reads: the paper's and fig9_ensembles ("Beyond the paper");
+    the lens figures carry no claim."""
+    return [f for f in figure_names(cfg) if f in paths.PAPER_FIGURES + paths.EXTRA_FIGURES]
 
 
 def figure_formats(cfg: dict) -> list[str]:

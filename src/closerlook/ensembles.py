@@ -17,8 +17,9 @@ FGE and SWA get the same extra budget (``budget_epochs`` from the base checkpoin
 members' softmax), of each member, and member diversity: mean pairwise prediction
 disagreement and mean pairwise linear CKA of the members' penultimate layer (the input of
 the last Linear) on test images. BN statistics are recomputed for every member on
-unaugmented training data. :func:`evaluate_beyond` turns the tables into "Beyond the paper"
-entries (premises, effects with their range or interval, verdict).
+unaugmented training data. :func:`evaluate_beyond` turns the tables into the "Beyond the paper"
+entries of claims.json (:mod:`closerlook.verdicts`' contract: premises, effects with their range
+or interval, verdict), which :func:`closerlook.claims.evaluate` adds as ``result["beyond"]``.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.optim import swa_utils
 
+from . import verdicts as V
 from .data import batches_of
 from .io import ConfigError
 from .landscape import recompute_bn
@@ -261,11 +263,8 @@ def curve_ts(members: int, ts: Sequence[float] | None = None) -> list[float]:
 
 # --------------------------------------------------------------------------- "Beyond the paper" entries
 
-# thresholds of the ensemble comparison (config `claims:` may override): "about as accurate" = within
-# 1 percentage point of the independent-seed ensemble; a member "trained" = 5 points above chance (10 classes).
-# Fixed before any run was measured.
-BEYOND_RULES: dict[str, float] = {"ensemble_acc_tol": 0.01, "chance_acc": 0.1, "chance_margin": 0.05}
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+# The verdicts contract (closerlook.verdicts): its premises, spread and checks; the one new threshold,
+# ``ensemble_acc_tol``, has its default in verdicts.DEFAULT_RULES like every other.
 CLAIMS = {
     "snapshot": "Snapshot ensembles (Huang et al. 2017): the cycle-end snapshots of one SGDR run, ensembled, come "
                 "within {tol:g} of the test accuracy of as many independently trained networks, for less training.",
@@ -276,120 +275,85 @@ CLAIMS = {
     "swa": "SWA (Izmailov et al. 2018): one network whose weights average the same number of snapshots comes within "
            "{tol:g} of the test accuracy of an ensemble of as many independent networks, for less training.",
 }
-_EFFECTS = (("test_acc", "ensemble test accuracy minus the independent-seed ensemble's"),
-            ("test_nll", "ensemble test NLL (nats) minus the independent-seed ensemble's"),
-            ("disagreement", "mean pairwise member disagreement minus the independent seeds'"),
-            ("cka", "mean pairwise penultimate-layer linear CKA minus the independent seeds'"))
+# effects: (column, name); each is the method's value minus the independent seeds' over instances
+_EFFECTS = (("test_acc", "test accuracy minus the independent seeds'"),
+            ("test_nll", "test NLL (nats) minus the independent seeds'"),
+            ("disagreement", "pairwise member disagreement minus the independent seeds'"),
+            ("cka", "pairwise penultimate-layer linear CKA minus the independent seeds'"))
+_MEASURED = ("test_acc", "test_nll", "member_acc_min", "disagreement", "cka", "snapshots", "budget_epochs")
 
 
-def effect(name: str, values: Sequence[float]) -> dict:
-    """An effect over instances: mean with (min, max) for n <= 3 (``range``), a 95 % t-interval above (``interval``)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    n, nan = int(v.size), float("nan")
-    if n == 0:
-        return {"name": name, "estimate": nan, "low": nan, "high": nan, "n": 0, "kind": "range"}
-    est = float(v.mean())
-    if n <= 3:
-        return {"name": name, "estimate": est, "low": float(v.min()), "high": float(v.max()), "n": n, "kind": "range"}
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return {"name": name, "estimate": est, "low": est - half, "high": est + half, "n": n, "kind": "interval"}
-
-
-def _instances(layout: Mapping) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Per instance: its ensembles table indexed by method (diverged rows kept, marked by status)."""
-    tables, problems = {}, []
+def _instances(layout: Mapping) -> dict[str, tuple[pd.DataFrame | None, str]]:
+    """Per instance: its ensembles table indexed by method (diverged rows kept, marked by status), or None
+    and the problem."""
+    out = {}
     for inst, path in sorted((layout.get("ensembles") or {}).items()):
         df, prob = read_table(path)
-        if df is None or df.empty or "method" not in df.columns:
-            problems.append(f"{inst}: {prob or 'no method column'}")
-            continue
-        tables[inst] = df.set_index("method")
-    return tables, problems
+        ok = df is not None and not df.empty and "method" in df.columns
+        out[inst] = (df.set_index("method"), "") if ok else (None, prob or "no method column")
+    return out
 
 
-def _usable(t: pd.DataFrame, method: str) -> bool:
-    return all(m in t.index and str(t.loc[m, "status"]) == "ok" for m in (method, "independent"))
+def _usable(t: pd.DataFrame | None, method: str) -> bool:
+    return t is not None and all(m in t.index and str(t.loc[m, "status"]) == "ok" for m in (method, "independent"))
 
 
-def _premises(method: str, tables: Mapping[str, pd.DataFrame], problems: list[str], r: Mapping) -> list[dict]:
-    present = [t for t in tables.values() if _usable(t, method)]
-    missing = problems + [f"{i}: {method} or independent missing or diverged" for i, t in tables.items()
-                          if not _usable(t, method)]
-    floor = r["chance_acc"] + r["chance_margin"]
-    worst = min((float(t.loc[m, "member_acc_min"]) for t in present for m in (method, "independent")), default=float("nan"))
-    snaps = [(int(t.loc[method, "snapshots"]), int(t.loc["independent", "members"])) for t in present]
-    budgets = [(float(t.loc[method, "budget_epochs"]), float(t.loc["independent", "budget_epochs"])) for t in present]
-    return [
-        {"name": "tables present and not diverged", "holds": bool(present) and not missing,
-         "value": "; ".join(missing) or f"{len(present)} instance(s)", "rule": "every ensembles.csv readable, both rows status ok"},
-        {"name": "every member trained above chance", "holds": bool(np.isfinite(worst) and worst > floor),
-         "value": worst, "rule": f"lowest member test accuracy > {floor:g} (chance {r['chance_acc']:g} + {r['chance_margin']:g})"},
-        {"name": "same number of members", "holds": bool(snaps) and all(a == b for a, b in snaps),
-         "value": snaps[0][0] if snaps else float("nan"), "rule": "networks behind it = independent-seed members"},
-        {"name": "no more training than the reference", "holds": bool(budgets) and all(a <= b for a, b in budgets),
-         "value": budgets[0][0] if budgets else float("nan"),
-         "rule": "training epochs <= the independent seeds'" + (f" ({budgets[0][1]:g})" if budgets else "")},
-    ]
+def _instance_ok(v: V.Verdict, method: str, inst: str, table: tuple, num_classes: int | None) -> bool:
+    """An instance's own premises (left out when one fails): both rows present and not diverged, and the
+    weakest member of each above chance (:func:`closerlook.verdicts.trained`)."""
+    t, prob = table
+    if not _usable(t, method):
+        return v.premise(f"{inst}: {method} and independent rows", False, prob or "missing or diverged",
+                         "ensembles.csv readable, both rows status ok", blocking=False)
+    ok = True
+    for m in (method, "independent"):
+        name = f"{inst}: {m} members trained above chance (weakest member)"
+        ok &= v.add(V.trained(float(t.loc[m, "member_acc_min"]), num_classes, float(v.rules["min_acc_above_chance"]),
+                              name), blocking=False)
+    return ok
 
 
-def _entry(method: str, tables: Mapping[str, pd.DataFrame], problems: list[str], r: Mapping) -> dict:
-    tol = r["ensemble_acc_tol"]
-    premises = _premises(method, tables, problems, r)
-    present = {i: t for i, t in tables.items() if _usable(t, method)}
-    effects = [dict(effect(col, [float(t.loc[method, col]) - float(t.loc["independent", col]) for t in present.values()]),
-                    meaning=text) for col, text in _EFFECTS]
-    acc = effects[0]
-    rule = f"reproduced if the accuracy difference's low end >= -{tol:g}; not reproduced if its high end < -{tol:g}"
-    failed = [p["name"] for p in premises if not p["holds"]]
-    single = " (one instance: no spread measured)" if acc["n"] == 1 else ""
-    if failed:
-        verdict, reason = INCONCLUSIVE, f"premise absent: {', '.join(failed)}"
-    elif acc["low"] >= -tol:
-        verdict, reason = REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (low {acc['low']:+.4f}) >= -{tol:g}{single}"
-    elif acc["high"] < -tol:
-        verdict, reason = NOT_REPRODUCED, f"accuracy difference {acc['estimate']:+.4f} (high {acc['high']:+.4f}) < -{tol:g}{single}"
-    else:
-        verdict, reason = INCONCLUSIVE, f"the accuracy difference's {acc['kind']} [{acc['low']:+.4f}, {acc['high']:+.4f}] straddles -{tol:g}"
-    rows = [(i, t.loc[method], t.loc["independent"]) for i, t in present.items()]
-    measured = "; ".join(f"{i}: {LABELS[method]} acc {m['test_acc']:.4f} nll {m['test_nll']:.4f} vs independent acc "
-                         f"{ref['test_acc']:.4f} nll {ref['test_nll']:.4f}; disagreement {m['disagreement']:.3f} vs "
-                         f"{ref['disagreement']:.3f}, CKA {m['cka']:.3f} vs {ref['cka']:.3f}; training {m['budget_epochs']:g} "
-                         f"vs {ref['budget_epochs']:g} epochs" for i, m, ref in rows) or "no tables"
-    return {"id": f"beyond-{method}", "claim": CLAIMS[method].format(tol=tol), "verdict": verdict, "premises": premises,
-            "effects": effects, "rule": rule, "reason": reason, "measured": measured}
+def _design(v: V.Verdict, method: str, kept: Mapping[str, pd.DataFrame]) -> None:
+    """The comparison's fairness: as many networks as the reference's members, no more training."""
+    snaps = [(int(t.loc[method, "snapshots"]), int(t.loc["independent", "members"])) for t in kept.values()]
+    budgets = [(float(t.loc[method, "budget_epochs"]), float(t.loc["independent", "budget_epochs"]))
+               for t in kept.values()]
+    v.premise("same number of members", bool(snaps) and all(a == b for a, b in snaps), snaps[0][0] if snaps else None,
+              "networks behind it = independent-seed members" + (f" ({snaps[0][1]})" if snaps else ""))
+    v.premise("no more training than the reference", bool(budgets) and all(a <= b for a, b in budgets),
+              budgets[0][0] if budgets else None,
+              "training epochs <= the independent seeds'" + (f" ({budgets[0][1]:g})" if budgets else ""))
+
+
+def _entry(method: str, tables: Mapping[str, tuple], num_classes: int | None, rules: Mapping) -> dict:
+    tol = float(rules["ensemble_acc_tol"])
+    v = V.Verdict(f"beyond-{method}", CLAIMS[method].format(tol=tol), rules)
+    kept = {i: tab[0] for i, tab in tables.items() if _instance_ok(v, method, i, tab, num_classes)}
+    v.enough(list(kept), list(tables) or ["(no ensembles table)"], "instances")
+    _design(v, method, kept)
+    for inst in kept:
+        v.seed(inst)
+    effects = [v.effect(name, [float(t.loc[method, col]) - float(t.loc["independent", col]) for t in kept.values()])
+               for col, name in _EFFECTS]
+    v.check(effects[0], -tol, "above")
+    v.measured = {inst: {LABELS[m]: {c: V.num(t.loc[m, c]) for c in _MEASURED} for m in (method, "independent")}
+                  for inst, t in kept.items()}
+    if len(kept) == 1:
+        v.measured["note"] = "one instance: its range is a single value, no spread measured"
+    return v.entry(f"the test-accuracy difference from as many independent seeds, over instances (range for n <= 3, "
+                   f"t-interval above), lies wholly above -{tol:g}; the other effects are reported, not judged")
 
 
 def evaluate_beyond(layout: Mapping, rules: Mapping | None = None) -> list[dict]:
-    """One entry per ensemble method compared with the independent seeds, following the verdicts contract.
+    """One entry per ensemble method compared with the independent seeds, in the verdicts contract
+    (``result["beyond"]`` of claims.json, rendered by :func:`closerlook.verdicts.to_markdown`).
 
-    ``layout``: ``{"ensembles": {inst: ensembles.csv}}``; ``rules``: :data:`BEYOND_RULES` keys."""
-    r = {**BEYOND_RULES, **{k: v for k, v in (rules or {}).items() if k in BEYOND_RULES}}
-    tables, problems = _instances(layout)
-    methods = [m for m in METHODS if m != "independent"
-               and (not tables or any(m in t.index for t in tables.values()))]
-    return [_entry(m, tables, problems, r) for m in methods]
-
-
-def _num(x: Any) -> str:
-    return "nan" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.4g}"
-
-
-def render_beyond(entries: Sequence[Mapping]) -> str:
-    """The "Beyond the paper" section of claims.md (markdown)."""
-    lines = ["## Beyond the paper: what SGDR's snapshots buy, beside FGE, curve points, SWA and seeds", "",
-             "A comparison, not a test of \"distinct minima\": connected solutions can still be diverse.", "",
-             "| comparison | verdict | accuracy difference vs independent seeds |", "|---|---|---|"]
-    for e in entries:
-        a = e["effects"][0]
-        lines.append(f"| {e['id']} | **{e['verdict']}** | {_num(a['estimate'])} ({a['kind']} {_num(a['low'])}..{_num(a['high'])}, n={a['n']}) |")
-    for e in entries:
-        lines += ["", f"### {e['id']}: {e['verdict']}", "", f"**Claim.** {e['claim']}", "", "**Premises.**", ""]
-        lines += [f"- {p['name']}: {'holds' if p['holds'] else 'ABSENT'} ({_num(p['value']) if not isinstance(p['value'], str) else p['value']}; {p['rule']})"
-                  for p in e["premises"]]
-        lines += ["", "**Effects** (estimate, low..high, kind, n).", ""]
-        lines += [f"- {f['name']}: {_num(f['estimate'])} ({_num(f['low'])}..{_num(f['high'])}, {f['kind']}, n={f['n']})"
-                  + (f" - {f['meaning']}" if f.get("meaning") else "") for f in e["effects"]]
-        lines += ["", f"**Measured.** {e['measured']}", "", f"**Rule.** {e['rule']}", "", f"**Verdict.** {e['verdict']}: {e['reason']}"]
-    return "\n".join(lines) + "\n"
+    ``layout``: the fig9_ensembles layout, ``{"ensembles": {inst: ensembles.csv}, "data_info": info.json}``
+    (the number of classes: the trained premise); ``rules``: config ``claims:`` (defaults
+    :data:`closerlook.verdicts.DEFAULT_RULES`)."""
+    r = V.rules_with_defaults(rules)
+    tables = _instances(layout)
+    k = V.read_num_classes(layout.get("data_info"))
+    read = [t for t, _p in tables.values() if t is not None]
+    methods = [m for m in METHODS if m != "independent" and (not read or any(m in t.index for t in read))]
+    return [_entry(m, tables, k, r) for m in methods]
