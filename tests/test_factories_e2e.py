@@ -17,6 +17,7 @@ import yaml
 from testkit import thread_env, with_threads
 
 from closerlook.io import load_checkpoint
+from closerlook.tables import whole_sample
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def test_the_figure_is_drawn_from_a_torchvision_model(done):
 
 
 def test_configured_layers_are_the_ones_compared(done):
-    t = pd.read_csv(done / "similarity" / "init-final" / "seed0.csv")
+    t = whole_sample(pd.read_csv(done / "similarity" / "init-final" / "seed0.csv"))  # one row per layer and measure
     assert list(t.sort_values("layer_index")["layer"]) == LAYERS  # forward order
     assert t["value"].between(0, 1 + 1e-9).all()  # CKA in [0, 1] (float64 rounding)
     store = json.loads((done / "activations" / "a" / "seed0" / "final" / "meta.json").read_text())
