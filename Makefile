@@ -9,7 +9,7 @@ DEMO_CONFIG ?= config/demo.yaml
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv data-demo lint clean-demo gpu-check gpu-smoke
+.PHONY: demo demo-extra test bench venv data-demo lint clean-demo gpu-check gpu-smoke
 
 # Reinstall only when the project metadata changes (editable install: code edits need none).
 $(STAMP): pyproject.toml
@@ -34,6 +34,11 @@ data-demo:
 demo: $(STAMP) data-demo
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
+
+# The tools beyond the paper (AutoNEB, weight matching + REPAIR, the ensemble comparison) at CPU scale.
+demo-extra: $(STAMP) data-demo
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo_extra.yaml --rerun-incomplete --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo_extra.yaml --report results/demo_extra/report.html
 
 # PYTEST_RC_FILE (optional): where to record pytest's own exit status (make maps it to 2).
 test: $(STAMP) data-demo

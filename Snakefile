@@ -20,6 +20,15 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/curves.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/autoneb.smk"
+
+
+if config.get("ensembles"):
+
+    include: "workflow/rules/ensembles.smk"
+
+
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/similarity.smk"
 include: "workflow/rules/figures.smk"

@@ -9,6 +9,8 @@ Sections (each reuses the bench module named in its rows' "command" column):
 - curve evaluation: one evaluated path point vs the naive way (new model +
   ``load_state_dict`` + ``update_bn`` per point), and one curve-fitting epoch over
   one ordinary training epoch (:mod:`bench.curve_bench`);
+- path finders: AutoNEB vs a Bezier curve fit at an equal number of gradient evaluations on the
+  demo model, and weight matching of two VGG-16s on the CPU (:mod:`bench.pathfinder_bench`);
 - similarity: CCA, PWCCA and linear CKA vs numpy reference implementations at
   (64 x 2,000), (256 x 10,000), (512 x 50,000), float64 and float32 products,
   ratio and agreement, plus the streaming accumulator's peak memory
@@ -139,6 +141,13 @@ ROWS = [  # (section, key, figure text, command)
     ("curves", "curve_point_ratio", "path point ours / naive", "python -m bench.curve_bench"),
     ("curves", "curve_epoch_over_train_epoch", "curve epoch / training epoch", "python -m bench.curve_bench"),
 ]
+ROWS += [
+    ("paths", "autoneb_grad_evals", "AutoNEB gradient evaluations (demo model)", "python -m bench.pathfinder_bench"),
+    ("paths", "autoneb_s", "AutoNEB, wall s", "python -m bench.pathfinder_bench"),
+    ("paths", "bezier_equal_budget_s", "Bezier fit, same gradient evals, wall s", "python -m bench.pathfinder_bench"),
+    ("paths", "autoneb_over_bezier", "AutoNEB / Bezier wall time", "python -m bench.pathfinder_bench"),
+    ("paths", "align_vgg16_s", "weight matching two VGG-16s, wall s", "python -m bench.pathfinder_bench"),
+]
 for _tag in ("64x2000", "256x10000", "512x50000"):
     ROWS += [
         ("similarity", f"cca_ratio_{_tag}_f64", f"CCA {_tag} ref / ours, float64", "python -m bench.similarity_bench"),
@@ -179,7 +188,7 @@ def main(argv=None) -> dict:
                     help="skip the ~10-minute demo pipeline (also CLOSERLOOK_BENCH_SKIP_DEMO=1)")
     ap.add_argument("--quick", action="store_true", help="short training loops, no 512 x 50,000 similarity case")
     ap.add_argument("--out", default="results/bench/bench.json")
-    ap.add_argument("--only", nargs="*", choices=["train", "curves", "similarity", "workflow"],
+    ap.add_argument("--only", nargs="*", choices=["train", "curves", "paths", "similarity", "workflow"],
                     help="run only these sections (their keys replace those of an existing --out file)")
     ap.add_argument("--steps", type=int, default=60, help="timed small_cnn steps per training loop")
     ap.add_argument("--vgg-steps", type=int, default=10, help="timed vgg16 steps per training loop")
@@ -190,7 +199,7 @@ def main(argv=None) -> dict:
     os.chdir(ROOT)
     from closerlook.io import atomic_write_json
 
-    sections = set(a.only or ["train", "curves", "similarity", "workflow"])
+    sections = set(a.only or ["train", "curves", "paths", "similarity", "workflow"])
     prev: dict = {}
     if a.only and Path(a.out).exists():  # partial re-run: keep the other sections' figures
         import json
@@ -230,6 +239,10 @@ def main(argv=None) -> dict:
         from bench import curve_bench
 
         section("curves", lambda: curve_bench.run())
+    if "paths" in sections:
+        from bench import pathfinder_bench
+
+        section("paths", lambda: pathfinder_bench.run())
     if "similarity" in sections:
         from bench import similarity_bench
 

@@ -25,7 +25,52 @@ def demo():
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml", "gpu_smoke.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = C.load_config(REPO / "config" / name)
-    assert set(C.figure_names(cfg)) == set(P.FIGURES)
+    assert set(C.figure_names(cfg)) == set(P.PAPER_FIGURES)
+
+
+@pytest.fixture(scope="module")
+def extra():
+    return C.load_config(REPO / "config" / "demo_extra.yaml")
+
+
+def test_demo_extra_resolves_paths_members_and_budgets(extra):
+    assert C.figure_names(extra) == ["fig9_ensembles"]
+    assert C.path_kinds(extra, "seeds") == ["curve", "line", "autoneb"]
+    assert C.path_kinds(extra, "seeds-aligned") == ["curve", "line", "aligned", "repaired"]  # no BN: REPAIR too
+    assert C.curve_end(extra, "seeds-aligned", "s0-s1").endswith("curves/seeds-aligned/s0-s1/aligned_end.pt")
+    assert C.curve_end(extra, "seeds", "s0-s1").endswith("runs/sgd/seed1/final.pt")
+    mem = C.ensemble_members(extra)
+    assert [ep.seed for ep in mem["independent"]] == [0, 1, 2, 3]
+    assert [ep.tag for ep in mem["snapshot"]] == ["epoch2", "epoch4", "epoch6", "epoch8"]
+    # epochs of training: 4 seeds x 4; SGDR to its last snapshot; base 4 + 4 extra; two ends + the curve's 2
+    assert C.ensemble_budgets(extra) == {"independent": 16.0, "snapshot": 8.0, "fge": 8.0, "swa": 8.0, "curve": 10.0}
+    t = C.ensemble_training(extra)
+    assert (t["lr_max"], t["lr_min"], t["swa_lr"]) == pytest.approx((0.02, 0.0002, 0.004))  # float products of 0.02
+    layout, files = C.figure_layout(extra, "fig9_ensembles")
+    assert files == ["results/demo_extra/ensembles/seed0/ensembles.csv", "results/demo_extra/ensembles/seed0/members.csv"]
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["autoneb"].update(curves=["nope"]), r"autoneb.curves\[0\]"),
+    (lambda c: c["autoneb"].update(cycles=0), r"autoneb.cycles"),
+    (lambda c: c["curves"]["seeds"].update(align="activations"), r"curves.seeds.align"),
+    (lambda c: c["align"].update(method="bogus"), r"align.method"),
+    (lambda c: c["ensembles"]["snapshot"].update(epochs=[2, 3, 6, 8]), r"ensembles.snapshot.epochs: epoch 3 is not the end"),
+    (lambda c: c["ensembles"]["snapshot"].update(epochs=[2, 4, 6]), r"ensembles.snapshot.epochs: 3 snapshots"),
+    (lambda c: c["ensembles"].update(members=5), r"ensembles.independent.run: run 'sgd' has 4 seed"),
+    (lambda c: c["ensembles"]["curve"].update(name="nope"), r"ensembles.curve.name"),
+    (lambda c: c["ensembles"]["base"].update(epoch=9, final=None), r"ensembles.base"),
+    (lambda c: c["ensembles"].update(curve_ts=[0.0, 1.0]), r"ensembles.curve_ts"),
+    (lambda c: c.pop("ensembles"), r"figures.fig9_ensembles"),
+    (lambda c: c["ensembles"].update(fge={"lr_max": -1}), r"ensembles.fge.lr_max"),
+])
+def test_extra_blocks_errors_name_the_key(extra, edit, key):
+    cfg = copy.deepcopy(extra)
+    edit(cfg)
+    if cfg.get("ensembles", {}).get("base", {}).get("final", True) is None:
+        del cfg["ensembles"]["base"]["final"]
+    with pytest.raises(ConfigError, match=key):
+        C.validate_config(cfg)
 
 
 def test_bn_fallback_config_covers_experiments_4_to_6_with_bn():

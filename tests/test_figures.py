@@ -138,6 +138,11 @@ def make_world(root: Path, *, seeds=("seed0",), sgdr_line=0.5, sgdr_curve=0.02, 
         "sgd_pairs": pairs("sgd", ["sgd-w3-w5"], sgd_line, sgd_curve),
         "reference_pairs": pairs("ref", ["seeds-s0-s1"], 2.0, 0.05),
     }
+    for s in seeds:  # the reference pair also aligned and connected by AutoNEB (closerlook.align / autoneb)
+        d = root / "curves" / "seeds-s0-s1" / s
+        L["fig2_sgdr"]["reference_pairs"]["seeds-s0-s1"][s].update(
+            aligned=path_csv(d / "aligned.csv", kind="aligned", bump=0.4),
+            autoneb=path_csv(d / "autoneb.csv", kind="autoneb", bump=0.1))
     # fig3
     L["fig3_plane"] = plane_csvs(root / "planes/sgdr/seed0", climb=climb, final_offset=final_offset, traj_on_curve=traj_on_curve,
                                  diverged="plane" in diverge)
@@ -181,7 +186,25 @@ def make_world(root: Path, *, seeds=("seed0",), sgdr_line=0.5, sgdr_curve=0.02, 
         "metrics": {"distilled": {s: metrics_csv(root / "runs/distilled" / s / "metrics.csv", final_acc=0.86) for s in seeds},
                     "independent": {s: metrics_csv(root / "runs/sgd1" / s / "metrics.csv", final_acc=0.85) for s in seeds}},
     }
+    L["fig9_ensembles"] = ensemble_csvs(root / "ensembles" / "seed0", diverged="ensembles" in diverge)
     return L
+
+
+def ensemble_csvs(d: Path, diverged=False) -> dict:
+    """An ensembles table (five methods) and its members table; ``diverged`` marks FGE diverged."""
+    methods = {"independent": (0.88, 4), "snapshot": (0.86, 4), "fge": (0.87, 4), "curve": (0.875, 4), "swa": (0.865, 1)}
+    rows, mrows = [], []
+    for m, (acc, k) in methods.items():
+        bad = diverged and m == "fge"
+        rows.append({"method": m, "members": k, "snapshots": 4, "budget_epochs": 16 if m == "independent" else 8,
+                     "test_acc": np.nan if bad else acc, "test_nll": np.nan if bad else 0.4 - acc / 5,
+                     "member_acc_mean": acc - 0.01, "member_acc_min": acc - 0.02, "member_nll_mean": 0.45,
+                     "disagreement": np.nan if k == 1 else 0.1 + 0.01 * len(m), "cka": np.nan if k == 1 else 0.9,
+                     "status": "diverged" if bad else "ok"})
+        mrows += [{"method": m, "member": j, "label": f"m{j}", "test_acc": acc - 0.01 * j, "test_nll": 0.45,
+                   "status": "diverged" if bad else "ok"} for j in range(k)]
+    return {"ensembles": {"seed0": _write(pd.DataFrame(rows), d / "ensembles.csv")},
+            "members": {"seed0": _write(pd.DataFrame(mrows), d / "members.csv")}}
 
 
 OPTIONS = {
@@ -191,6 +214,7 @@ OPTIONS = {
     "fig4_warmup": {"measure": "cca_mean"},
     "fig5_freeze": {"measure": "cca_mean"},
     "fig6_distill": {"measure": "cca_mean"},
+    "fig9_ensembles": {},
 }
 
 
@@ -247,7 +271,8 @@ def test_unknown_figure_name():
 
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("broken"), diverge=("sgdr_pair", "plane", "nowarm", "distilled", "G-B"))
+    return make_world(tmp_path_factory.mktemp("broken"),
+                      diverge=("sgdr_pair", "plane", "nowarm", "distilled", "G-B", "ensembles"))
 
 
 @pytest.mark.parametrize("name", figures.FIGURES)
@@ -290,3 +315,29 @@ def test_plane_helpers():
     assert np.allclose(b, [[0, 0], [0.5, 0.5], [1, 0]])
     df = pd.DataFrame({"t": T, "train_loss": 0.3 + 0.7 * 4 * T * (1 - T)})
     assert tables.path_barrier(df) == pytest.approx(0.7)
+
+
+def _texts_ticks_tables(fig) -> str:
+    """all_texts plus x tick labels and table cells."""
+    out = [all_texts(fig)]
+    for ax in fig.axes:
+        out += [t.get_text() for t in ax.get_xticklabels()]
+        for tab in ax.tables:
+            out += [c.get_text().get_text() for c in tab.get_celld().values()]
+    return "\n".join(out)
+
+
+def test_fig2_draws_autoneb_and_aligned_paths_when_listed(world):
+    fig = figures.build_figure("fig2_sgdr", world["fig2_sgdr"], {})
+    texts = _texts_ticks_tables(fig)
+    assert "seeds-s0-s1 AutoNEB" in texts and "seeds-s0-s1 line to aligned end" in texts
+    assert "AutoNEB excess" in texts and "aligned line" in texts  # their barriers in panel (f)
+
+
+def test_fig9_shows_every_ensemble_and_the_reference(world):
+    fig = figures.build_figure("fig9_ensembles", world["fig9_ensembles"], {})
+    texts = _texts_ticks_tables(fig)
+    for label in ("independent seeds", "SGDR snapshots", "FGE", "curve ensemble", "SWA (one network)",
+                  "independent-seed ensemble"):
+        assert label in texts, label
+    assert "0.880" in texts  # the reference's accuracy in table (d)

@@ -358,6 +358,176 @@ def figure_files(cfg: dict, fig: str) -> list[str]:
     return [paths.figure_file(results_dir(cfg), fig, ext) for ext in figure_formats(cfg)]
 
 
+# --------------------------------------------------------------------------- alignment, AutoNEB, ensembles
+def align_settings(cfg: dict) -> dict:
+    """Weight-matching settings: closerlook.align.ALIGN_DEFAULTS < the config's ``align`` block."""
+    from .align import ALIGN_DEFAULTS
+
+    return {**ALIGN_DEFAULTS, **copy.deepcopy(cfg.get("align") or {})}
+
+
+def curve_aligns(cfg: dict, name: str) -> bool:
+    from .align import CURVE_ALIGN_DEFAULT
+
+    return curve_settings(cfg, name).get("align", CURVE_ALIGN_DEFAULT) == "weights"
+
+
+def curve_end(cfg: dict, name: str, inst: str) -> str:
+    """The end a curve (its fit, its plane, AutoNEB) connects to: the end checkpoint, or it aligned to the start."""
+    _, b = curve_instances(cfg, name)[inst]
+    return paths.aligned_end(results_dir(cfg), name, inst) if curve_aligns(cfg, name) else ckpt_path(cfg, b)
+
+
+def _has_bn(cfg: dict, run: str) -> bool:
+    from .models import normalise_spec
+
+    return normalise_spec(resolve_run(cfg, run)["model"])["batch_norm"]
+
+
+def autoneb_curves(cfg: dict) -> list[str]:
+    return list((cfg.get("autoneb") or {}).get("curves") or [])
+
+
+def autoneb_settings(cfg: dict) -> dict:
+    """AutoNEB settings: closerlook.autoneb.AUTONEB_DEFAULTS < the ``autoneb`` block (its ``curves`` list aside)."""
+    from .autoneb import check_settings
+
+    return check_settings({k: v for k, v in (cfg.get("autoneb") or {}).items() if k != "curves"})
+
+
+def path_kinds(cfg: dict, name: str) -> list[str]:
+    """The path tables of a curve: curve and line; aligned (+ repaired without BN) when it aligns; autoneb if listed."""
+    kinds = ["curve", "line"]
+    if curve_aligns(cfg, name):
+        a, _ = next(iter(curve_instances(cfg, name).values()))
+        kinds += ["aligned"] + (["repaired"] if align_settings(cfg)["repair"] and not _has_bn(cfg, a.run) else [])
+    return kinds + (["autoneb"] if name in autoneb_curves(cfg) else [])
+
+
+def ensemble_settings(cfg: dict) -> dict:
+    """closerlook.ensembles.ENSEMBLE_DEFAULTS < the ``ensembles`` block (``fge`` and ``swa`` merged key by key)."""
+    from .ensembles import ENSEMBLE_DEFAULTS
+
+    e = copy.deepcopy(cfg.get("ensembles") or {})
+    out = {**copy.deepcopy(ENSEMBLE_DEFAULTS), **e}
+    for sub in ("fge", "swa"):
+        out[sub] = {**ENSEMBLE_DEFAULTS[sub], **(e.get(sub) or {})}
+    return out
+
+
+def _endpoint_epochs(cfg: dict, ep: Endpoint, key: str) -> float:
+    if ep.tag == "final":
+        return float(resolve_run(cfg, ep.run)["epochs"])
+    if ep.tag.startswith("epoch"):
+        return float(ep.tag[len("epoch"):])
+    raise ConfigError(f"config key {key}: give an epoch or final: true (an iteration has no epoch count)")
+
+
+def ensemble_base(cfg: dict) -> Endpoint:
+    b = cfg["ensembles"]["base"]
+    seed = int(b.get("seed", resolve_run(cfg, b["run"])["seeds"][0]))
+    return Endpoint(b["run"], seed, endpoint_tag(b, "ensembles.base"))
+
+
+def ensemble_inst(cfg: dict) -> str:
+    return f"seed{ensemble_base(cfg).seed}"
+
+
+def ensemble_curve(cfg: dict) -> tuple[str, str]:
+    c = cfg["ensembles"]["curve"]
+    insts = list(curve_instances(cfg, c["name"]))
+    return c["name"], c.get("inst", insts[0])
+
+
+def ensemble_members(cfg: dict) -> dict[str, list[Endpoint]]:
+    """The checkpoints of the independent-seed and the snapshot ensembles."""
+    e, k = cfg["ensembles"], ensemble_settings(cfg)["members"]
+    ind = e["independent"]
+    tag = endpoint_tag({"final": True} if "epoch" not in ind and "final" not in ind else ind, "ensembles.independent")
+    seeds = resolve_run(cfg, ind["run"])["seeds"][:k]
+    snap = e["snapshot"]
+    sseed = int(snap.get("seed", resolve_run(cfg, snap["run"])["seeds"][0]))
+    return {"independent": [Endpoint(ind["run"], int(s), tag) for s in seeds],
+            "snapshot": [Endpoint(snap["run"], sseed, f"epoch{x}") for x in snap["epochs"]]}
+
+
+def ensemble_budgets(cfg: dict) -> dict[str, float]:
+    """Training epochs behind each ensemble (the curve's: both ends and the curve's fitting)."""
+    s, mem, base = ensemble_settings(cfg), ensemble_members(cfg), ensemble_base(cfg)
+    name, inst = ensemble_curve(cfg)
+    a, b = curve_instances(cfg, name)[inst]
+    extra = float(s["budget_epochs"]) + _endpoint_epochs(cfg, base, "ensembles.base")
+    return {"independent": sum(_endpoint_epochs(cfg, ep, "ensembles.independent") for ep in mem["independent"]),
+            "snapshot": max(_endpoint_epochs(cfg, ep, "ensembles.snapshot") for ep in mem["snapshot"]),
+            "fge": extra, "swa": extra,
+            "curve": _endpoint_epochs(cfg, a, f"curves.{name}.start") + _endpoint_epochs(cfg, b, f"curves.{name}.end")
+            + float(curve_settings(cfg, name)["epochs"])}
+
+
+def ensemble_training(cfg: dict) -> dict:
+    """What FGE and SWA train with: the base run's batch, augmentation and optimizer; lrs from the block or the run."""
+    from .ensembles import resolve_lrs
+
+    s, base = ensemble_settings(cfg), ensemble_base(cfg)
+    run = resolve_run(cfg, base.run)
+    return {"batch_size": run["batch_size"], "augment": run["augment"], "optimizer": dict(run["optimizer"]),
+            "seed": base.seed, "members": s["members"], "budget_epochs": s["budget_epochs"],
+            **resolve_lrs(s, float(run["optimizer"]["lr"]))}
+
+
+def _check_extras(cfg: dict) -> None:
+    curves = cfg.get("curves") or {}
+    for i, name in enumerate(autoneb_curves(cfg)):
+        if name not in curves:
+            raise ConfigError(f"config key autoneb.curves[{i}]: no curve named {name!r}")
+    if cfg.get("autoneb"):
+        autoneb_settings(cfg)
+    if cfg.get("ensembles"):
+        _check_ensembles(cfg)
+    if "fig9_ensembles" in (cfg.get("figures") or {}) and not cfg.get("ensembles"):
+        raise ConfigError("config key figures.fig9_ensembles: needs an `ensembles` block (what to compare)")
+
+
+def _check_ensembles(cfg: dict) -> None:
+    from .schedules import sgdr_cycle_ends
+
+    e, s = cfg["ensembles"], ensemble_settings(cfg)
+    k, base = s["members"], ensemble_base(cfg)
+    _check_endpoint(cfg, base, "ensembles.base")
+    _endpoint_epochs(cfg, base, "ensembles.base")
+    ind = e["independent"]
+    if ind["run"] not in cfg["runs"]:
+        raise ConfigError(f"config key ensembles.independent.run: no run named {ind['run']!r}")
+    seeds = resolve_run(cfg, ind["run"])["seeds"]
+    if len(seeds) < k:
+        raise ConfigError(f"config key ensembles.independent.run: run {ind['run']!r} has {len(seeds)} seed(s), "
+                          f"the comparison needs members = {k}")
+    snap = e["snapshot"]
+    if len(snap["epochs"]) != k:
+        raise ConfigError(f"config key ensembles.snapshot.epochs: {len(snap['epochs'])} snapshots for members = {k}")
+    srun = resolve_run(cfg, snap["run"]) if snap["run"] in cfg["runs"] else None
+    ends = sgdr_cycle_ends(srun["schedule"], srun["epochs"]) if srun else []
+    for x in snap["epochs"]:
+        if not any(abs(x - c) < 1e-9 for c in ends):
+            raise ConfigError(f"config key ensembles.snapshot.epochs: epoch {x} is not the end of an SGDR cycle of run "
+                              f"{snap['run']!r} (its cycles end at epochs {', '.join(f'{c:g}' for c in ends) or 'none'})")
+    mem = ensemble_members(cfg)
+    for key, eps in (("independent", mem["independent"]), ("snapshot", mem["snapshot"])):
+        for ep in eps:
+            _check_endpoint(cfg, ep, f"ensembles.{key}")
+            _same_arch(cfg, base, ep, f"ensembles.{key}")
+    c = e["curve"]
+    if c["name"] not in (cfg.get("curves") or {}):
+        raise ConfigError(f"config key ensembles.curve.name: no curve named {c['name']!r}")
+    insts = curve_instances(cfg, c["name"])
+    if c.get("inst", next(iter(insts))) not in insts:
+        raise ConfigError(f"config key ensembles.curve.inst: curve {c['name']!r} has no instance {c['inst']!r} "
+                          f"(it has {', '.join(insts)})")
+    if s["curve_ts"] is not None and len(s["curve_ts"]) != k:
+        raise ConfigError(f"config key ensembles.curve_ts: {len(s['curve_ts'])} points for members = {k}")
+    ensemble_budgets(cfg)
+
+
 # --------------------------------------------------------------------------- semantic checks
 def _check_endpoint(cfg: dict, ep: Endpoint, key: str) -> None:
     if ep.run not in cfg["runs"]:
@@ -373,15 +543,34 @@ def _check_endpoint(cfg: dict, ep: Endpoint, key: str) -> None:
         )
 
 
+def model_factories(cfg: dict) -> list[str]:
+    """The external model factories (``module:callable``) the config's runs name: the only ones a
+    checkpoint may make a job import (:func:`closerlook.models.model_from_checkpoint`). The scripts read it
+    from the config, not from a rule param: it changes no result, so it must not make Snakemake rerun jobs."""
+    from .factories import is_external
+
+    names = {(resolve_run(cfg, r).get("model") or {}).get("name") for r in cfg["runs"]}
+    return sorted(n for n in names if is_external(n))
+
+
 def _same_arch(cfg: dict, a: Endpoint, b: Endpoint, key: str) -> None:
+    from .models import arch_key
+
     ma, mb = resolve_run(cfg, a.run)["model"], resolve_run(cfg, b.run)["model"]
-    arch = lambda m: (m.get("name"), float(m.get("width", 1.0)))  # noqa: E731
-    if arch(ma) != arch(mb):
+    if arch_key(ma) != arch_key(mb):
         raise ConfigError(
             f"config key {key}: per-layer comparison between different architectures "
-            f"({a.run}: {ma.get('name')} width {ma.get('width', 1.0)}, {b.run}: {mb.get('name')} width {mb.get('width', 1.0)}); "
+            f"({a.run}: {_arch_text(arch_key(ma))}, {b.run}: {_arch_text(arch_key(mb))}); "
             "layer-by-layer (diagonal) CCA needs the same layers on both sides"
         )
+
+
+def _arch_text(key: tuple) -> str:
+    name, width, skip, kwargs, adapt, layers = key
+    text = f"{name} width {width}" + ("" if skip else " without skip connections")
+    text += f" kwargs {kwargs}" if kwargs != "[]" else ""
+    text += f" adapt {adapt}" if adapt != "none" else ""
+    return text + (f" layers {list(layers)}" if layers else "")
 
 
 def validate_config(cfg: dict) -> None:
@@ -428,6 +617,7 @@ def validate_config(cfg: dict) -> None:
             _check_endpoint(cfg, a, f"similarity.comparisons.{name}.a")
             _check_endpoint(cfg, b, f"similarity.comparisons.{name}.b")
             _same_arch(cfg, a, b, f"similarity.comparisons.{name}")
+    _check_extras(cfg)
     _check_figures(cfg, sim)
 
 
@@ -488,7 +678,7 @@ class _Inputs:
         return {f"seed{s}": self.file(paths.run_metrics(self.R, run, s)) for s in resolve_run(self.cfg, run)["seeds"]}
 
     def pairs(self, curves: Iterable[str]) -> dict:
-        return {c: {inst: {k: self.file(paths.path_table(self.R, c, inst, k)) for k in ("curve", "line")}
+        return {c: {inst: {k: self.file(paths.path_table(self.R, c, inst, k)) for k in path_kinds(self.cfg, c)}
                     for inst in curve_instances(self.cfg, c)}
                 for c in curves}
 
@@ -510,6 +700,9 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
             "sgd_pairs": inp.pairs(f["sgd_curves"]),
             "reference_pairs": inp.pairs(f.get("reference_curves", [])),
         }
+    elif fig == "fig9_ensembles":
+        inst = ensemble_inst(cfg)
+        layout = {k: {inst: inp.file(paths.ensemble_table(inp.R, inst, k))} for k in ("ensembles", "members")}
     elif fig == "fig3_plane":
         plane = f["plane"]
         inst = next(iter(curve_instances(cfg, cfg["planes"][plane]["curve"])))

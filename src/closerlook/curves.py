@@ -633,6 +633,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate training loss on the first N (subset) training images only")
     p.add_argument("--bn-batches", type=int, default=None, help="BN recompute on this many batches (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=None, help="batch of the evaluation passes")
+    p.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
+                   help="an external model factory the checkpoints may name (the --spec's model is allowed)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -721,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common["eval_batch_size"] = args.eval_batch_size
     try:
         data, spec = _data_spec(args)
+        allow = [*args.allow_factory, *([spec["model"]["name"]] if isinstance(spec.get("model"), dict) else [])]
         if args.cmd == "fit":
             augment = args.augment if args.augment is not None else bool(spec.get("augment", False))
             settings = {"kind": args.kind, "num_bends": args.num_bends, "epochs": args.epochs, "lr": args.lr,
@@ -731,17 +734,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.stop_min_delta is not None:
                 settings["stop"] = {"min_delta": args.stop_min_delta, "patience": args.stop_patience,
                                     "every": args.stop_every, "images": args.stop_images, "ts": args.stop_ts}
-            stages.fit_curve(args.start, args.end, args.out, settings, data, seed=args.seed, device=args.device, log=log)
+            stages.fit_curve(args.start, args.end, args.out, settings, data, seed=args.seed, device=args.device, log=log,
+                             factories=allow)
         elif args.cmd == "evaluate":
             stages.evaluate_path(args.start, args.end, args.out, {"points": args.points, **common}, data,
-                                 curve=args.curve, device=args.device, log=log)
+                                 curve=args.curve, device=args.device, log=log, factories=allow)
         else:
             if len(args.margin) not in (1, 4):
                 raise ConfigError("--margin: give one value or four (left right bottom top)")
             settings = {"grid": args.grid_points[:2], "margin": args.margin[0] if len(args.margin) == 1 else args.margin,
                         **common}
             stages.plane(args.w1, args.w2, args.bend, args.out_dir, settings, data, project=args.project,
-                         labels=args.labels, device=args.device, log=log)
+                         labels=args.labels, device=args.device, log=log, factories=allow)
     except CloserlookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

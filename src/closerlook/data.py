@@ -13,6 +13,12 @@ Data sets (``load_split(name, split, root=None, cache_dir=None)``):
   mean/std are computed on the train split.
 - ``cifar10_jpeg``: ``imagefolder`` with default root
   ``<repo>/../shared/data/cifar10-jpeg.zip`` and CIFAR-10 mean/std.
+- ``torchvision:<Class>`` (e.g. ``torchvision:SVHN``, ``torchvision:MNIST``): a class of
+  ``torchvision.datasets`` that follows ``Class(root, train=bool | split="train"|"test",
+  transform=None, download=bool)`` (``root`` default ``resources/data/torchvision``; downloads
+  only with ``download=True``, as ``cifar10``). Every sample is read once through the class's
+  ``__getitem__`` (PIL image or array: grey -> 1 channel, RGB -> 3); mean/std are computed on the
+  train split; classes from the class's ``classes`` attribute (else ``0..max label``).
 
 Each split is prepared once into ``{cache_dir}/{name}-{split}.pt`` (written
 atomically; a dict of tensors and plain values, loaded with
@@ -59,6 +65,14 @@ DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_TORCHVISION_ROOT = Path("resources/data/torchvision")
 
 DATASET_NAMES = ("cifar10", "fashion_mnist", "imagefolder", "cifar10_jpeg")
+TORCHVISION_PREFIX = "torchvision:"
+# (in_channels, num_classes, image_size) known before any data is read, for checking a model
+# against the data at config time; other sets are checked when their first job builds the model
+KNOWN_DIMS = {"cifar10": (3, 10, 32), "cifar10_jpeg": (3, 10, 32), "fashion_mnist": (1, 10, 28),
+              "torchvision:MNIST": (1, 10, 28), "torchvision:FashionMNIST": (1, 10, 28),
+              "torchvision:KMNIST": (1, 10, 28), "torchvision:QMNIST": (1, 10, 28),
+              "torchvision:CIFAR10": (3, 10, 32), "torchvision:CIFAR100": (3, 100, 32),
+              "torchvision:SVHN": (3, 10, 32), "torchvision:STL10": (3, 10, 96)}
 PROBE_SIZE = 1000  # images in the similarity probe set when a config does not say (data.probe_size)
 SPLITS = ("train", "test")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -279,9 +293,38 @@ def _mix_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASET_NAMES:
-        raise ConfigError(f"data.name: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
+def check_name(name: Any) -> None:
+    """ConfigError naming ``data.name`` unless ``name`` is a built-in set or a usable torchvision class."""
+    if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX):
+        _torchvision_class(name)
+    elif name not in DATASET_NAMES:
+        raise ConfigError(f"data.name: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}, "
+                          "or 'torchvision:<Class>' (e.g. torchvision:SVHN)")
+
+
+_check_name = check_name
+
+
+def known_dims(name: str) -> tuple[int, int, int] | None:
+    """(in_channels, num_classes, image_size) of a data set when known without reading it, else None."""
+    return KNOWN_DIMS.get(name)
+
+
+def _torchvision_class(name: str):
+    import inspect
+
+    import torchvision.datasets as tvd
+
+    attr = name[len(TORCHVISION_PREFIX):]
+    cls = getattr(tvd, attr, None) if attr.isidentifier() else None
+    if not isinstance(cls, type):
+        known = ", ".join(n for n in getattr(tvd, "__all__", []) if isinstance(getattr(tvd, n, None), type))
+        raise ConfigError(f"data.name: torchvision.datasets has no class {attr!r}; known: {known}")
+    params = inspect.signature(cls).parameters
+    if "root" not in params or not ({"train", "split"} & set(params)):
+        raise ConfigError(f"data.name: {name} does not follow the (root, train=... | split=..., transform) "
+                          f"convention (its parameters: {', '.join(params)}); use imagefolder for such data")
+    return cls
 
 
 def _static_info(name, channels, size, mean, std, classes) -> dict:
@@ -294,7 +337,7 @@ def _source_id(name: str, root) -> str:
         root = DEFAULT_CIFAR_JPEG
     if name == "fashion_mnist" and root is None:
         root = DEFAULT_FMNIST_ROOT
-    if name == "cifar10" and root is None:
+    if (name == "cifar10" or name.startswith(TORCHVISION_PREFIX)) and root is None:
         root = DEFAULT_TORCHVISION_ROOT
     if root is None:
         return f"{name}:"
@@ -321,6 +364,8 @@ def _prepare(name, split, root, cache_dir, download):
         return _load_fmnist(split, root)
     if name == "cifar10":
         return _load_cifar10(split, root, download)
+    if name.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision(name, split, root, cache_dir, download)
     if name == "cifar10_jpeg":
         path = Path(root) if root is not None else DEFAULT_CIFAR_JPEG
         images, labels, classes = _load_imagefolder(path, split, how_to_get=(
@@ -429,6 +474,58 @@ def _load_cifar10(split: str, root, download: bool):
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(ds.targets, dtype=torch.int64)
     return images, labels, _static_info("cifar10", 3, 32, CIFAR10_MEAN, CIFAR10_STD, list(ds.classes))
+
+
+# --- any torchvision data set class of the (root, train | split, transform, download) convention
+
+def _load_torchvision(name: str, split: str, root, cache_dir, download: bool):
+    import inspect
+
+    cls = _torchvision_class(name)
+    root = Path(root) if root is not None else DEFAULT_TORCHVISION_ROOT
+    params = inspect.signature(cls).parameters
+    kw: dict[str, Any] = {"train": split == "train"} if "train" in params else {"split": split}
+    if "download" in params:
+        kw["download"] = bool(download)
+    try:
+        ds = cls(str(root), **kw)
+    except Exception as exc:  # missing / corrupt files, network errors: the class's own message
+        raise CloserlookError(
+            f"{name} ({split}) not available under {root}: {type(exc).__name__}: {exc}. Put the files where "
+            f"torchvision.datasets.{cls.__name__} expects them under data.root, or run once with internet "
+            "access and data.download: true") from exc
+    images, labels = _read_samples(ds, name)
+    classes = [str(c) for c in (getattr(ds, "classes", None) or range(int(labels.max()) + 1))]
+    if split == "train":
+        mean, std = _mean_std(images)
+    else:
+        mean, std = [load_split(name, "train", root=root, cache_dir=cache_dir, download=download)[2][k]
+                     for k in ("mean", "std")]
+    info = {"name": name, "num_classes": len(classes), "in_channels": int(images.shape[1]),
+            "image_size": int(images.shape[2]), "mean": mean, "std": std, "classes": classes}
+    return images, labels, info
+
+
+def _read_samples(ds, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (image, label) of a torchvision data set through its ``__getitem__``, as uint8 NCHW + int64."""
+    n = len(ds)
+    if n == 0:
+        raise CloserlookError(f"{name}: the data set is empty")
+    out, labels = None, np.empty(n, dtype=np.int64)
+    for i in range(n):
+        img, target = ds[i]
+        if isinstance(img, torch.Tensor):  # CHW (or HW) tensors of classes that skip PIL
+            arr = img.numpy().transpose(1, 2, 0) if img.ndim == 3 else img.numpy()
+        else:
+            arr = np.asarray(img.convert("RGB") if getattr(img, "mode", "L") not in ("L", "RGB") else img)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        if out is None:
+            out = np.empty((n, *arr.shape), dtype=np.uint8)
+        elif arr.shape != out.shape[1:]:
+            raise CloserlookError(f"{name}: sample {i} has shape {arr.shape}, others {out.shape[1:]}")
+        out[i] = arr
+        labels[i] = int(target)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
 # --- ImageFolder (directory or zip)

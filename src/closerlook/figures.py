@@ -194,11 +194,18 @@ def _first_metrics(paths: Mapping[str, Any] | None) -> tuple[pd.DataFrame | None
 # --------------------------------------------------------------------------- path panels
 
 
+# how each path between two checkpoints is drawn: (line style, marker, legend name)
+PATH_STYLES = {"curve": ("-", "o", "Bezier curve"), "line": ("--", None, "line"),
+               "aligned": ("-.", None, "line to aligned end"), "repaired": (":", None, "aligned line, REPAIR"),
+               "autoneb": ("-", "s", "AutoNEB")}
+
+
 def _path_tables(insts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, pd.DataFrame | None]], list]:
+    """Per instance, the table of every path kind it lists (curve and line always; aligned, autoneb when configured)."""
     out, probs = {}, []
     for inst, files in (insts or {}).items():
         out[str(inst)] = {}
-        for kind in ("curve", "line"):
+        for kind in [k for k in PATH_STYLES if k in ("curve", "line") or k in (files or {})]:
             df, prob = read_table((files or {}).get(kind))
             probs.append(prob)
             out[str(inst)][kind] = df
@@ -215,9 +222,12 @@ def _draw_pairs(ax, pairs: Mapping[str, Any], column: str, title: str, colors=No
         name = _decorate(label, probs)
         if any(probs):
             notes.append(f"{label}: {', '.join(sorted({p for p in probs if p}))}")
-        for kind, ls in (("curve", "-"), ("line", "--")):
-            ser = [_series(t[kind], "t", column) for t in tables.values()]
-            _plot_seeds(ax, ser, f"{name} {kind}", colors[k % len(colors)], ls=ls, marker="o" if kind == "curve" else None)
+        kinds = [kd for kd in PATH_STYLES if any(kd in t for t in tables.values())]
+        for kind in kinds:
+            ls, marker, what = PATH_STYLES[kind]
+            ser = [_series(t.get(kind), "t", column) for t in tables.values()]
+            _plot_seeds(ax, ser, f"{name} {what if kind not in ('curve', 'line') else kind}", colors[k % len(colors)],
+                        ls=ls, marker=marker)
     if not labels:
         ax.text(0.5, 0.5, "no pairs configured", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlim(-0.03, 1.03)
@@ -336,19 +346,23 @@ def fig2_sgdr(layout: Mapping, options: Mapping) -> Figure:
                             "(e) reference: two seeds of one recipe", colors=["dimgray", "black", "silver"]))
 
     # (f) the numbers the claims use: barrier heights in nats
-    rows = []
+    rows, extra = [], []
     for group, key in (("SGDR", "sgdr_pairs"), ("SGD", "sgd_pairs"), ("ref", "reference_pairs")):
         for label, insts in (layout.get(key, {}) or {}).items():
             tables, probs = _path_tables(insts)
             for inst, t in tables.items():
-                lb = path_barrier(t["line"])
-                cb = path_barrier(t["curve"])
-                rows.append([group, f"{label}/{inst}", _fmt(lb), _fmt(cb)])
+                extra += [k for k in ("aligned", "autoneb") if k in t and k not in extra]
+                rows.append([group, f"{label}/{inst}", _fmt(path_barrier(t["line"])), _fmt(path_barrier(t["curve"]))]
+                            + [t.get(k) for k in ("aligned", "autoneb")])
+    rows = [r[:4] + [_fmt(path_barrier(df)) for k, df in zip(("aligned", "autoneb"), r[4:]) if k in extra] for r in rows]
     ax_f.axis("off")
     ax_f.set_title("(f) barrier heights, train loss (nats)")
     if rows:
-        tab = ax_f.table(cellText=rows, colLabels=["runs", "pair / seed", "line barrier", "curve excess"],
-                         loc="upper center", cellLoc="left", colWidths=[0.12, 0.44, 0.22, 0.22])
+        names = {"aligned": "aligned line", "autoneb": "AutoNEB excess"}
+        cols = ["runs", "pair / seed", "line barrier", "curve excess"] + [names[k] for k in ("aligned", "autoneb") if k in extra]
+        width = 0.44 / (len(cols) - 2)
+        tab = ax_f.table(cellText=rows, colLabels=cols, loc="upper center", cellLoc="left",
+                         colWidths=[0.12, 0.44] + [width] * (len(cols) - 2))
         tab.auto_set_font_size(False)
         tab.set_fontsize(7.5)
         tab.scale(1.0, 1.3)
@@ -580,6 +594,15 @@ BUILDERS: dict[str, Callable[[Mapping, Mapping], Figure]] = {
     "fig5_freeze": fig5_freeze,
     "fig6_distill": fig6_distill,
 }
+
+
+def _fig9(layout: Mapping, options: Mapping) -> Figure:
+    from .figures_ensembles import fig9_ensembles  # (it draws with this module's helpers)
+
+    return fig9_ensembles(layout, options)
+
+
+BUILDERS["fig9_ensembles"] = _fig9
 
 
 def build_figure(name: str, layout: Mapping, options: Mapping | None = None) -> Figure:

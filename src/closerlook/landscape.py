@@ -115,6 +115,17 @@ def _point_metrics(module, state, train_loader, test_loader, bn_loader, bn_batch
     return {"train_loss": trl, "train_acc": tra, "test_loss": tel, "test_acc": tea}
 
 
+def evaluate_point(module: nn.Module, state: dict, train_loader: Any, test_loader: Any = None, bn_loader: Any = None,
+                   bn_batches: int | None = None, device: Any = None) -> dict:
+    """Loss and accuracy of one point (a state dict, its BN statistics recomputed in place)."""
+    return _point_metrics(module, state, train_loader, test_loader, bn_loader, bn_batches, device)
+
+
+def path_points(ts: int | Sequence[float] | None) -> list[float]:
+    """The t values of a path evaluation: an int = that many equally spaced points in [0, 1]."""
+    return _ts(ts)
+
+
 def _ts(ts: int | Sequence[float] | None) -> list[float]:
     if ts is None:
         ts = PATH_DEFAULTS["points"]

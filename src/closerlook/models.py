@@ -1,11 +1,25 @@
-"""Models: VGG-11/16 (+BN), ResNet-18 (CIFAR variant) and a small VGG-style CNN.
+"""Models: VGG-11/16 (+BN), ResNet-18 (CIFAR variant), a small VGG-style CNN, or any factory.
 
 ``build_model(spec, in_channels, num_classes, image_size)`` with
-``spec = {"name", "batch_norm", "init", "init_scale", "width", "dropout"}``:
+``spec = {"name", "batch_norm", "init", "init_scale", "width", "dropout", "skip"}``
+(built-in families) or ``{"name": "torchvision:resnet18" | "package.module:factory", "kwargs",
+"adapt", "init"}`` (external factories, :mod:`closerlook.factories`); both take
+``analysis_layers`` and ``groups``:
 
-- ``name``: one of :data:`MODEL_NAMES`.
+- ``name``: one of :data:`MODEL_NAMES`, or ``module:callable`` returning an ``nn.Module``.
 - ``batch_norm`` (bool): BatchNorm2d after every conv. Default False, except
   ``resnet18`` (default True; False replaces its BN layers by identities).
+- ``skip`` (bool, ``resnet18`` only, default True): False is the plain 18-layer net
+  (He et al. 2016's "plain" baseline): the same blocks without the identity/projection
+  shortcut adds (and without the projection convs).
+- ``kwargs`` (external only): keyword arguments of the factory; ``adapt``: ``none`` | ``io``
+  | ``small_input`` (see :mod:`closerlook.factories`). ``width``, ``init_scale``, ``dropout``,
+  ``batch_norm`` and ``skip`` are built-in-only and refused for a factory; ``init`` re-initialises
+  the built network (``default`` keeps the factory's own init; ``scaled`` needs ``init_scale``).
+- ``analysis_layers``: module names / glob patterns whose outputs are the layers compared
+  (forward order); default: the built-in layers below, or for a factory the top-level blocks
+  (:func:`closerlook.factories.default_layers`). ``groups``: ``{group: [patterns]}`` for freezing
+  (default: the built-in groups, or classifier = the trailing Linear modules).
 - ``init``: ``default`` (PyTorch's), ``paper`` (conv N(0, sqrt(2/(k*k*out))),
   linear N(0, 0.01), biases 0, BN weight 1 / bias 0), ``kaiming`` (He normal,
   fan-in, for conv and hidden linear layers: trains deep stacks without BN), or ``scaled`` (paper
@@ -31,16 +45,19 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from . import factories
 from .io import ConfigError
 
 MODEL_NAMES = ("vgg11", "vgg16", "resnet18", "small_cnn")
 INITS = ("default", "paper", "scaled", "kaiming")
-SPEC_KEYS = ("name", "batch_norm", "init", "init_scale", "width", "dropout")
+BUILTIN_ONLY = ("batch_norm", "init_scale", "width", "dropout", "skip")
+SPEC_KEYS = ("name", *BUILTIN_ONLY, "init", "kwargs", "adapt", "analysis_layers", "groups")
+EXTERNAL_KEYS = ("name", "kwargs", "adapt", "init", "analysis_layers", "groups")
 
 VGG_CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -60,8 +77,15 @@ def normalise_spec(spec: dict) -> dict:
     if unknown:
         raise ConfigError(f"model.{unknown[0]}: unknown model key; known keys: {', '.join(SPEC_KEYS)}")
     name = spec.get("name")
+    if factories.is_external(name):
+        return _normalise_external(spec)
     if name not in MODEL_NAMES:
-        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}, "
+                          "or 'torchvision:<name>' / 'package.module:factory'")
+    for k in ("kwargs", "adapt"):
+        if k in spec:
+            raise ConfigError(f"model.{k}: only for external factories ('torchvision:...', 'module:factory'), "
+                              f"not the built-in {name}")
     bn = spec.get("batch_norm", None)
     if bn is None:
         bn = name == "resnet18"
@@ -81,8 +105,59 @@ def normalise_spec(spec: dict) -> dict:
         raise ConfigError(f"model.dropout: must be a number in [0, 1), got {dropout!r}")
     if name == "resnet18" and "dropout" in spec:
         raise ConfigError("model.dropout: not supported by resnet18")
-    return {"name": name, "batch_norm": bn, "init": init, "init_scale": float(scale),
-            "width": width, "dropout": float(dropout)}
+    skip = spec.get("skip", True)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"model.skip: must be true or false, got {skip!r}")
+    if name != "resnet18" and "skip" in spec:
+        raise ConfigError(f"model.skip: only resnet18 has skip connections, not {name}")
+    out = {"name": name, "batch_norm": bn, "init": init, "init_scale": float(scale),
+           "width": width, "dropout": float(dropout)}
+    if name == "resnet18":
+        out["skip"] = skip
+    return _with_layers(out, spec)
+
+
+def _normalise_external(spec: dict) -> dict:
+    name = spec["name"]
+    factories.split_name(name)
+    builtin = [k for k in BUILTIN_ONLY if k in spec]
+    if builtin:
+        raise ConfigError(f"model.{builtin[0]}: a built-in-only key ({', '.join(BUILTIN_ONLY)}); the external "
+                          f"factory {name!r} takes its settings in model.kwargs")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"model.kwargs: must be a mapping of keyword arguments, got {kwargs!r}")
+    init = spec.get("init", "default")
+    if init not in INITS or init == "scaled":
+        raise ConfigError(f"model.init: {init!r} is not one of default, paper, kaiming for an external factory "
+                          "(scaled needs init_scale, a built-in-only key)")
+    out = {"name": name, "kwargs": dict(kwargs), "adapt": factories.normalise_adapt(spec.get("adapt")), "init": init}
+    return _with_layers(out, spec)
+
+
+def _with_layers(out: dict, spec: dict) -> dict:
+    layers = spec.get("analysis_layers")
+    if layers is not None:
+        if isinstance(layers, str):
+            layers = [layers]
+        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) and x for x in layers):
+            raise ConfigError(f"model.analysis_layers: must be a non-empty list of module names or glob patterns, "
+                              f"got {spec.get('analysis_layers')!r}")
+        out["analysis_layers"] = list(layers)
+    if spec.get("groups") is not None:
+        g = spec["groups"]
+        if not isinstance(g, dict) or not g:
+            raise ConfigError(f"model.groups: must be a mapping {{group: [module patterns]}}, got {g!r}")
+        out["groups"] = {str(k): [v] if isinstance(v, str) else list(v or []) for k, v in g.items()}
+    return out
+
+
+def arch_key(spec: dict) -> tuple:
+    """What makes two model specs the same layers (for per-layer comparisons and curves): name, width,
+    skip, factory kwargs and adapter, analysis layers."""
+    s = normalise_spec(spec)
+    return (s["name"], float(s.get("width", 1.0)), s.get("skip", True), repr(sorted(s.get("kwargs", {}).items())),
+            s.get("adapt", "none"), tuple(s.get("analysis_layers") or ()))
 
 
 def _check_dims(in_channels: Any, num_classes: Any, image_size: Any) -> None:
@@ -160,8 +235,9 @@ def _build_vgg(spec: dict, in_channels: int, num_classes: int, image_size: int) 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, c_in: int, c_out: int, stride: int, bn: bool) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, bn: bool, skip: bool = True) -> None:
         super().__init__()
+        self.skip = skip
         norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not bn)
         self.bn1 = norm(c_out)
@@ -169,27 +245,28 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=not bn)
         self.bn2 = norm(c_out)
         self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
+        if skip and (stride != 1 or c_in != c_out):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not bn), norm(c_out))
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x) if self.skip else out)
 
 
 class ResNet18(nn.Module):
-    """CIFAR ResNet-18: 3x3 stem (no max pool), BasicBlocks [2,2,2,2], avgpool, fc."""
+    """CIFAR ResNet-18: 3x3 stem (no max pool), BasicBlocks [2,2,2,2], avgpool, fc; ``skip=False``: the plain net."""
 
-    def __init__(self, in_channels: int, num_classes: int, bn: bool = True, width: float = 1) -> None:
+    def __init__(self, in_channels: int, num_classes: int, bn: bool = True, width: float = 1,
+                 skip: bool = True) -> None:
         super().__init__()
         widths = [_ch(c, width) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=not bn),
                                   nn.BatchNorm2d(widths[0]) if bn else nn.Identity(), nn.ReLU())
         c_in = widths[0]
         for i, (c, stride) in enumerate(zip(widths, (1, 2, 2, 2))):
-            blocks = [BasicBlock(c_in, c, stride, bn), BasicBlock(c, c, 1, bn)]
+            blocks = [BasicBlock(c_in, c, stride, bn, skip), BasicBlock(c, c, 1, bn, skip)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             c_in = c
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -202,7 +279,7 @@ class ResNet18(nn.Module):
 
 
 def _build_resnet18(spec: dict, in_channels: int, num_classes: int, image_size: int) -> ResNet18:
-    model = ResNet18(in_channels, num_classes, bn=spec["batch_norm"], width=spec["width"])
+    model = ResNet18(in_channels, num_classes, bn=spec["batch_norm"], width=spec["width"], skip=spec["skip"])
     layers = OrderedDict([("stem", "stem")])
     k = 0
     for i in range(1, 5):
@@ -252,24 +329,49 @@ def _init_kaiming(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------- public API
 
 def build_model(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build the model named by ``spec`` (see the module docstring); ConfigError names a bad key."""
+    """Build the model named by ``spec`` (see the module docstring); ConfigError names a bad key.
+
+    An external factory is imported and called: pass only specs the current config names
+    (:func:`model_from_checkpoint` checks a checkpoint's against an allow-list first)."""
     spec = normalise_spec(spec)
     _check_dims(in_channels, num_classes, image_size)
-    if spec["name"] == "resnet18":
+    external = factories.is_external(spec["name"])
+    if external:
+        model = factories.call_factory(spec["name"], spec["kwargs"], in_channels, num_classes, image_size)
+        model = factories.adapt(model, spec["adapt"], in_channels, num_classes)
+    elif spec["name"] == "resnet18":
         model = _build_resnet18(spec, in_channels, num_classes, image_size)
     else:
         model = _build_vgg(spec, in_channels, num_classes, image_size)
+    scale = spec.get("init_scale", 1.0)
     if spec["init"] in ("paper", "scaled"):
-        _init_paper(model, spec["init_scale"] if spec["init"] == "scaled" else 1.0)
+        _init_paper(model, scale if spec["init"] == "scaled" else 1.0)
     elif spec["init"] == "kaiming":
         _init_kaiming(model)
-    if spec["init"] != "scaled" and spec["init_scale"] != 1.0:  # a poor initialisation of any scheme
+    if spec["init"] != "scaled" and scale != 1.0:  # a poor initialisation of any scheme
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    m.weight.mul_(spec["init_scale"])
+                    m.weight.mul_(scale)
+    if external or "analysis_layers" in spec or "groups" in spec:
+        _attach_layers(model, spec, in_channels, num_classes, image_size, external)
     model.closerlook_spec = dict(spec)
     return model
+
+
+def _attach_layers(model: nn.Module, spec: dict, in_channels: int, num_classes: int, image_size: int,
+                   external: bool) -> None:
+    """Analysis layers and parameter groups from the spec's patterns, or a factory's defaults (one forward pass)."""
+    order, calls, out = factories.trace(model, in_channels, image_size)
+    factories.check_output(out, num_classes)
+    if "analysis_layers" in spec:
+        model.closerlook_layers = factories.layers_from_patterns(model, spec["analysis_layers"], order, calls)
+    elif external:
+        model.closerlook_layers = factories.default_layers(model, order, calls)
+    if "groups" in spec:
+        model.closerlook_groups = factories.groups_from_patterns(model, spec["groups"], order)
+    elif external:
+        model.closerlook_groups = factories.default_groups(model, order)
 
 
 def analysis_layers(model: nn.Module) -> dict[str, str]:
@@ -353,13 +455,18 @@ def count_macs(model: nn.Module, input_shape) -> int:
     return int(total)
 
 
-def model_from_checkpoint(ckpt: dict, path: str = "<checkpoint>") -> nn.Module:
-    """Rebuild the network of a closerlook checkpoint (``meta.model`` + ``meta.data``) and load its weights."""
+def model_from_checkpoint(ckpt: dict, path: str = "<checkpoint>", allow: Iterable[str] = ()) -> nn.Module:
+    """Rebuild the network of a closerlook checkpoint (``meta.model`` + ``meta.data``) and load its weights.
+
+    A factory outside the built-in families is imported only when ``allow`` (the factories the
+    current config names) lists it; otherwise CheckpointError naming ``path``: a checkpoint never
+    decides what code runs."""
     from .io import CheckpointError
 
     meta = ckpt.get("meta") or {}
     if "model" not in meta or "data" not in meta:
         raise CheckpointError(f"{path}: checkpoint meta lacks 'model'/'data' (needed to rebuild the network)")
+    check_allowed(meta["model"], allow, path)
     d = meta["data"]
     try:
         model = build_model(meta["model"], d["in_channels"], d["num_classes"], d["image_size"])
@@ -368,3 +475,9 @@ def model_from_checkpoint(ckpt: dict, path: str = "<checkpoint>") -> nn.Module:
     if ckpt.get("model") is not None:
         model.load_state_dict(ckpt["model"])
     return model
+
+
+def check_allowed(spec: Any, allow: Iterable[str], path: str) -> None:
+    """CheckpointError naming ``path`` when ``spec`` (a checkpoint's model spec) names a factory ``allow`` lacks."""
+    if isinstance(spec, dict):
+        factories.check_allowed(spec.get("name"), allow, path)

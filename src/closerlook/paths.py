@@ -8,6 +8,8 @@ pattern and the path a figure reads come from the same function::
 
     results/<name>/runs/<run>/seed<S>/{epoch<E>,iter<I>,final}.pt, metrics.csv, status.json
     results/<name>/curves/<curve>/<inst>/{curve.pt, metrics.csv, curve.csv, line.csv}
+          + aligned_end.pt, aligned.csv, repaired.csv (align: weights), autoneb.{pt,csv}, autoneb_metrics.csv
+    results/<name>/ensembles/<inst>/{ensembles.csv, members.csv, fge/member<K>.pt, swa/swa.pt}
     results/<name>/planes/<plane>/<inst>/{grid.csv, points.csv}
     results/<name>/activations/<run>/seed<S>/<tag>/
     results/<name>/similarity/<comparison>/<inst>.csv
@@ -17,7 +19,8 @@ pattern and the path a figure reads come from the same function::
 """
 from __future__ import annotations
 
-FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
+PAPER_FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
+FIGURES = PAPER_FIGURES + ("fig9_ensembles",)  # + beyond the paper: the ensemble comparison
 FIGURE_FORMATS = ("pdf", "png")
 CURVE_FILES = ("curve.pt", "metrics.csv")
 PLANE_FILES = ("grid.csv", "points.csv")
@@ -57,9 +60,42 @@ def curve_file(R: str, curve: str, inst: str, name: str) -> str:
     return f"{curve_dir(R, curve, inst)}/{name}"
 
 
+# the paths between a curve's two checkpoints, each a table of loss/accuracy along t: the fitted curve, the
+# straight line, the line to the permutation-aligned end (+ REPAIRed), the AutoNEB chain
+PATH_KINDS = ("curve", "line", "aligned", "repaired", "autoneb")
+
+
 def path_table(R: str, curve: str, inst: str, path: str) -> str:
-    """Loss/accuracy along t of the fitted curve (``path="curve"``) or the straight line (``"line"``)."""
+    """Loss/accuracy along t of the fitted curve (``path="curve"``), the straight line (``"line"``), the line to
+    the aligned end (``"aligned"``, ``"repaired"``) or the AutoNEB chain (``"autoneb"``)."""
     return curve_file(R, curve, inst, f"{path}.csv")
+
+
+def aligned_end(R: str, curve: str, inst: str) -> str:
+    """The curve's end checkpoint permuted to match its start (``align: weights``)."""
+    return curve_file(R, curve, inst, "aligned_end.pt")
+
+
+def autoneb_file(R: str, curve: str, inst: str, name: str) -> str:
+    """``name``: ``autoneb.pt`` (the pivots) or ``autoneb_metrics.csv`` (one row per cycle)."""
+    return curve_file(R, curve, inst, name)
+
+
+def ensemble_dir(R: str, inst: str) -> str:
+    return f"{R}/ensembles/{inst}"
+
+
+def ensemble_table(R: str, inst: str, name: str) -> str:
+    """``name``: ``ensembles`` (one row per method) or ``members`` (one row per member)."""
+    return f"{ensemble_dir(R, inst)}/{name}.csv"
+
+
+def fge_member(R: str, inst: str, k) -> str:
+    return f"{ensemble_dir(R, inst)}/fge/member{k}.pt"
+
+
+def swa_weights(R: str, inst: str) -> str:
+    return f"{ensemble_dir(R, inst)}/swa/swa.pt"
 
 
 def curve_work(R: str, curve: str, inst: str) -> str:

@@ -197,3 +197,15 @@ def make_scheduler(optimizer, spec: Mapping, iters_per_epoch: int, total_iters: 
         return lambda it: lr_factor(schedule, warmup, it, iters_per_epoch, total_iters, base)
 
     return LambdaLR(optimizer, [make(b) for b in base_lrs])
+
+
+def sgdr_cycle_ends(schedule: Mapping, epochs: float) -> list[float]:
+    """The epochs at which an SGDR schedule's cycles end (lr at its minimum), up to ``epochs``."""
+    if (schedule or {}).get("name") != "sgdr":
+        return []
+    t, length, ends = 0.0, float(schedule.get("T0", 1)), []
+    while t + length <= epochs + 1e-9 and len(ends) < 1000:
+        t += length
+        ends.append(t)
+        length *= float(schedule.get("Tmult", 1))
+    return ends

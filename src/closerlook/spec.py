@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import data, devices, models, schedules
+from . import data, devices, factories, models, schedules
 from .io import ConfigError, check_keys
 from .resume import fingerprint
 
@@ -111,14 +111,14 @@ def validate_run_spec(spec: Mapping) -> dict:
     if not _is_int(s["seed"]) or s["seed"] < 0:
         raise ConfigError(f"seed: {s['seed']!r} must be a non-negative integer")
     _check_data(s["data"])
-    models.normalise_spec(s["model"])
+    model = _check_model(s)
     s["optimizer"] = _check_optimizer(s["optimizer"])
     _check_batch(s)
     _check_schedule(s)
     _check_runtime(s)
     s["checkpoints"] = _check_checkpoints(s)
     if s["freeze"] is not None:
-        s["freeze"] = _check_freeze(s)
+        s["freeze"] = _check_freeze(s, model)
     if s["distill"] is not None:
         s["distill"] = _check_distill(s["distill"])
     return s
@@ -126,8 +126,7 @@ def validate_run_spec(spec: Mapping) -> dict:
 
 def _check_data(d: dict) -> None:
     check_keys(d, DATA_KEYS, "data")
-    if d["name"] not in data.DATASET_NAMES:
-        raise ConfigError(f"data.name: unknown data set {d['name']!r}; known: {', '.join(data.DATASET_NAMES)}")
+    data.check_name(d["name"])
     for k in ("train_per_class", "test_per_class"):
         if d[k] is not None and (not _is_int(d[k]) or d[k] < 1):
             raise ConfigError(f"data.{k}: {d[k]!r} must be a positive integer or null")
@@ -230,7 +229,23 @@ def check_iterations(iterations, total: int) -> None:
             raise ConfigError(f"checkpoints.iterations: iteration {i} is beyond the run's {total} iterations")
 
 
-def _check_freeze(s: dict) -> dict:
+def _check_model(s: dict):
+    """The model spec checked; when the data's shape is known without reading it, the network is built
+    once on the meta device (no memory, no init cost) so that an unimportable factory, a non-Module, a
+    wrong output shape or a layer / group pattern matching nothing is an error now. Returns that model
+    (None when not built)."""
+    spec = models.normalise_spec(s["model"])
+    dims = data.known_dims(s["data"]["name"])
+    if dims is None and factories.is_external(spec["name"]):
+        factories.import_factory(spec["name"])  # importable now; called when the data's shape is known
+    if dims is None or not (factories.is_external(spec["name"]) or s["freeze"] is not None
+                            or {"analysis_layers", "groups"} & set(spec)):
+        return None
+    with torch.device("meta"):
+        return models.build_model(s["model"], *dims)
+
+
+def _check_freeze(s: dict, model) -> dict:
     fr = s["freeze"]
     if not isinstance(fr, Mapping):
         raise ConfigError(f"freeze: must be a mapping {{groups, iterations}} or null, got {fr!r}")
@@ -243,10 +258,7 @@ def _check_freeze(s: dict) -> dict:
     it = fr.get("iterations")
     if not _is_int(it) or it < 0:
         raise ConfigError(f"freeze.iterations: {it!r} must be a non-negative integer")
-    if s["data"]["name"] in _KNOWN_TRAIN:  # group names resolved on a parameter-free (meta) model
-        info = data.dataset_info(s["data"]["name"])
-        with torch.device("meta"):
-            model = models.build_model(s["model"], info["in_channels"], info["num_classes"], info["image_size"])
+    if model is not None:  # group names resolved on a parameter-free (meta) model
         models.resolve_freeze(model, list(g))
     return {"groups": list(g), "iterations": it}
 

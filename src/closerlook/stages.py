@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from . import curves, landscape
 from .data import DeviceLoader, load_split, load_subsets, probe_fingerprint, probe_set
@@ -49,11 +50,15 @@ def data_info(data: Mapping, probe_size: int, out: str) -> dict:
     return facts
 
 
-def train(spec: Mapping, workdir: str, outputs: Sequence[str] = (), log: Log | None = print) -> dict:
-    """One training run in ``workdir`` (resumes from its resume state), then its files published onto ``outputs``."""
+def train(spec: Mapping, workdir: str, outputs: Sequence[str] = (), log: Log | None = print,
+          factories: Sequence[str] = ()) -> dict:
+    """One training run in ``workdir`` (resumes from its resume state), then its files published onto ``outputs``.
+
+    ``factories`` (here and below): the external model factories the config names, the only ones a
+    checkpoint's model spec may make this job import (:func:`closerlook.models.model_from_checkpoint`)."""
     from .train import train_run
 
-    result = train_run(spec, workdir, progress=log)
+    result = train_run(spec, workdir, progress=log, factories=factories)
     publish(workdir, outputs)
     return result
 
@@ -69,8 +74,8 @@ def _endpoint(path: str) -> dict | None:
     return {"meta": meta, "model": ck["model"]}
 
 
-def _module(ck: Mapping, path: str, device):
-    return model_from_checkpoint({"meta": ck["meta"], "model": None}, path).to(device)
+def _module(ck: Mapping, path: str, device, factories: Sequence[str]):
+    return model_from_checkpoint({"meta": ck["meta"], "model": None}, path, allow=factories).to(device)
 
 
 def _data_block(data: Mapping) -> dict:
@@ -89,7 +94,7 @@ def _eval_loaders(data: Mapping, device, eval_train_images: int | None, batch_si
 
 
 def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, seed: int = 0,
-              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print) -> None:
+              device: Any = "auto", outputs: Sequence[str] = (), log: Log = print, factories: Sequence[str] = ()) -> None:
     """Fit the bends of a curve between two checkpoints into ``out`` (resumable), then publish onto ``outputs``.
 
     ``settings``: a curve's settings (:data:`closerlook.curves.FIT_DEFAULTS` keys, e.g. ``kind``,
@@ -107,7 +112,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
         log("an endpoint diverged: wrote outputs marked diverged")
     else:
         dev = resolve_device(device)
-        curve = curves.Curve(_module(a, start, dev), a["model"], b["model"], kind=s["kind"],
+        curve = curves.Curve(_module(a, start, dev, factories), a["model"], b["model"], kind=s["kind"],
                              num_bends=s["num_bends"]).to(dev)
         d = _data_block(data)
         xtr, ytr, _, _, info = load_subsets(d)
@@ -144,7 +149,7 @@ def _stop_monitor(s: Mapping, xtr, ytr, info: Mapping, device) -> Callable | Non
 
 
 def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
-                  device: Any = "auto", log: Log = print) -> None:
+                  device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Loss/accuracy along the fitted ``curve`` (a curve.pt) or, without one, the straight line, as a CSV."""
     s = {**landscape.PATH_DEFAULTS, **settings}
     label = "curve" if curve else "line"
@@ -155,7 +160,7 @@ def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mappi
         log("an endpoint (or the curve) diverged: wrote a table marked diverged")
         return
     dev = resolve_device(device)
-    module = _module(a, start, dev)
+    module = _module(a, start, dev, factories)
     if curve:
         path = curves.load_curve(curve, module, map_location=dev)
         path.check_endpoints(a["model"], b["model"], curve, start, end)
@@ -167,7 +172,8 @@ def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mappi
 
 
 def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Mapping, project: Sequence[str] = (),
-          labels: Sequence[str] | None = None, device: Any = "auto", log: Log = print) -> None:
+          labels: Sequence[str] | None = None, device: Any = "auto", log: Log = print,
+          factories: Sequence[str] = ()) -> None:
     """``grid.csv`` and ``points.csv`` of the plane through w1, w2 and ``bend`` (a curve.pt: its first bend;
     or a model checkpoint), with the ``project`` checkpoints projected (labels: their file stems)."""
     s = {**landscape.PLANE_DEFAULTS, **settings}
@@ -185,7 +191,7 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
         log("an input diverged: wrote plane tables marked diverged")
     else:
         dev = resolve_device(device)
-        module = _module(a, w1, dev)
+        module = _module(a, w1, dev, factories)
         theta = curves.bend_of(bend_ck, bend, module, dev)
         gp = s["grid"] if isinstance(s["grid"], int) else (tuple(s["grid"]) if len(s["grid"]) > 1 else s["grid"][0])
         tr, te = _eval_loaders(_data_block(data), dev, s["eval_train_images"], s["eval_batch_size"])
@@ -199,7 +205,7 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
 # ----------------------------------------------------------------------------- representations, reports
 
 def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, probe_size: int,
-                        device: Any = "auto") -> None:
+                        device: Any = "auto", factories: Sequence[str] = ()) -> None:
     """Every analysis layer of one checkpoint on the probe set (first ``probe_size`` training images)."""
     from .activations import capture_to_store, save_store
     from .models import analysis_layers
@@ -210,7 +216,7 @@ def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, p
         save_store(out, {}, dict(meta, status="diverged"))
         return
     dev = resolve_device(device)
-    model = model_from_checkpoint(ck, ckpt).to(dev)
+    model = model_from_checkpoint(ck, ckpt, allow=factories).to(dev)
     xtr, _, _, _, info = load_subsets(dict(data))
     capture_to_store(model, analysis_layers(model), probe_set(xtr, probe_size), out, meta=meta,
                      batch_size=settings["batch_size"], mean=info["mean"], std=info["std"], mode=settings["mode"],
@@ -256,3 +262,174 @@ def claims(layouts: Mapping, rules: Mapping, json_path: str, md_path: str) -> di
     result = evaluate(layouts, rules)
     write_reports(result, json_path, md_path)
     return result
+
+
+# ----------------------------------------------------------------------------- alignment, AutoNEB, ensembles
+
+def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = print) -> None:
+    """``end``'s weights permuted to match ``start`` (weight matching), saved as a checkpoint with ``end``'s meta
+    plus the L2 distances to ``start`` before and after, and the seconds it took."""
+    import time
+
+    from . import align
+
+    a, b = _endpoint(start), _endpoint(end)
+    if a is None or b is None:
+        save_checkpoint(out, None, {"status": "diverged", "aligned_to": str(start), "aligned_from": str(end)})
+        log("an endpoint diverged: wrote the aligned end marked diverged")
+        return
+    module = _module(a, start, "cpu")
+    t0 = time.perf_counter()
+    aligned = align.align(module, a["model"], b["model"], settings)
+    seconds = time.perf_counter() - t0
+    lay = curves.Layout(module)
+    ref = lay.flat_params(a["model"], dtype=torch.float64)
+    dist = lambda sd: float((lay.flat_params(sd, dtype=torch.float64) - ref).norm())  # noqa: E731
+    meta = {**b["meta"], "aligned_to": str(start), "aligned_from": str(end), "align": dict(settings),
+            "distance_before": dist(b["model"]), "distance_after": dist(aligned), "align_s": seconds}
+    save_checkpoint(out, aligned, meta)
+    log(f"aligned {end} to {start} in {seconds:.1f}s: L2 distance {meta['distance_before']:.3f} -> {meta['distance_after']:.3f}")
+
+
+def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], settings: Mapping, align_settings: Mapping,
+                     data: Mapping, device: Any = "auto", log: Log = print) -> None:
+    """Per output kind: the straight line from ``start`` to the aligned end (``"aligned"``) or the same line
+    REPAIRed (``"repaired"``, networks without BN; statistics from the first ``repair_images`` training images)."""
+    from . import align
+
+    s = {**landscape.PATH_DEFAULTS, **settings}
+    a, b = _endpoint(start), _endpoint(aligned_end)
+    if a is None or b is None:
+        for kind, out in outputs.items():
+            write_csv(landscape.diverged_path_table(s["points"], kind), out)
+        log("an endpoint diverged: wrote tables marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(a, start, dev)
+    d = _data_block(data)
+    tr, te = _eval_loaders(d, dev, s["eval_train_images"], s["eval_batch_size"])
+    ts = landscape.path_points(s["points"])
+    sa, sb = ({k: v.to(dev) for k, v in e["model"].items()} for e in (a, b))
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if "repaired" in outputs and has_bn:
+        raise ConfigError(f"{aligned_end}: REPAIR is for networks without BN (recomputing BN statistics already "
+                          "resets them); the aligned line is the corrected one")
+    for kind, out in outputs.items():
+        rep = _eval_loaders(d, dev, align_settings["repair_images"], s["eval_batch_size"])[0] if kind == "repaired" else None
+        write_csv(align.evaluate_line(module, sa, sb, tr, te, ts, repair_loader=rep, label=kind, log=log), out)
+
+
+def autoneb(start: str, end: str, outputs: Mapping[str, str], settings: Mapping, eval_settings: Mapping, data: Mapping,
+            device: Any = "auto", log: Log = print) -> None:
+    """AutoNEB between two checkpoints: ``outputs["pivots"]`` (autoneb.pt), ``["metrics"]`` (one row per cycle)
+    and ``["table"]`` (autoneb.csv: the chain evaluated like a curve, BN recomputed at each t)."""
+    from . import autoneb as neb
+
+    s = neb.check_settings(settings)
+    ev = {**landscape.PATH_DEFAULTS, **eval_settings}
+    a, b = _endpoint(start), _endpoint(end)
+    if a is None or b is None:
+        save_checkpoint(outputs["pivots"], None, {"status": "diverged", "autoneb": True})
+        write_csv(pd.DataFrame([{"cycle": 0, "status": "diverged"}]), outputs["metrics"])
+        write_csv(landscape.diverged_path_table(ev["points"], "autoneb"), outputs["table"])
+        log("an endpoint diverged: wrote AutoNEB outputs marked diverged")
+        return
+    dev = resolve_device(device)
+    module = _module(a, start, dev)
+    d = _data_block(data)
+    xtr, ytr, _, _, info = load_subsets(d)
+    loader = DeviceLoader(xtr, ytr, s["batch_size"], mean=info["mean"], std=info["std"], device=dev, augment=False,
+                          shuffle=True, seed=s["seed"], drop_last=True)
+    sa, sb = ({k: v.to(dev) for k, v in e["model"].items()} for e in (a, b))
+    path, rows = neb.autoneb(module, sa, sb, loader, s, log=log)
+    neb.save_path(outputs["pivots"], path, {"run": f"autoneb:{Path(start).stem}-{Path(end).stem}", "start": str(start),
+                                            "end": str(end), "settings": s, "status": "ok"})
+    write_csv(rows.assign(status="ok"), outputs["metrics"])
+    tr, te = _eval_loaders(d, dev, ev["eval_train_images"], ev["eval_batch_size"])
+    write_csv(landscape.evaluate_path(path, tr, te, ts=ev["points"], bn_batches=ev["bn_batches"], log=log), outputs["table"])
+
+
+def _train_loader(data: Mapping, training: Mapping, dev):
+    xtr, ytr, _, _, info = load_subsets(_data_block(data))
+    kw = dict(mean=info["mean"], std=info["std"], device=dev, seed=int(training["seed"]))
+    return (DeviceLoader(xtr, ytr, int(training["batch_size"]), augment=bool(training["augment"]), shuffle=True,
+                         drop_last=True, **kw),
+            DeviceLoader(xtr, ytr, 500, augment=False, shuffle=False, drop_last=False, **kw))
+
+
+def _from_base(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any, what: str):
+    """(base checkpoint, its model, training loader, BN loader, iterations) for FGE / SWA; None (outputs
+    written marked diverged) when the base run had diverged."""
+    b = _endpoint(base)
+    if b is None:
+        for out in outputs:
+            save_checkpoint(out, None, {"status": "diverged", f"{what}_base": str(base)})
+        return None
+    dev = resolve_device(device)
+    model = model_from_checkpoint(load_checkpoint(base), base).to(dev)
+    loader, bn_loader = _train_loader(data, training, dev)
+    return b, model, loader, bn_loader, int(training["budget_epochs"]) * len(loader)
+
+
+def fge(base: str, outputs: Sequence[str], training: Mapping, data: Mapping, device: Any = "auto", log: Log = print) -> None:
+    """Fast geometric ensembling from ``base``: one member checkpoint per output (Garipov's cyclic lr)."""
+    from . import ensembles as ens
+
+    got = _from_base(base, outputs, training, data, device, "fge")
+    if got is None:
+        return
+    b, model, loader, _, total = got
+    members = ens.train_fge(model, loader, training["optimizer"], total, len(outputs), float(training["lr_max"]),
+                            float(training["lr_min"]), log=log)
+    for k, (out, st) in enumerate(zip(outputs, members)):
+        save_checkpoint(out, st, {**b["meta"], "run": f"fge:{b['meta'].get('run')}", "fge_base": str(base),
+                                  "fge_member": k, "status": "ok"})
+
+
+def swa(base: str, out: str, training: Mapping, data: Mapping, device: Any = "auto", log: Log = print) -> None:
+    """SWA weights from ``base`` over the same extra budget as FGE (torch.optim.swa_utils), BN recomputed."""
+    from . import ensembles as ens
+
+    got = _from_base(base, [out], training, data, device, "swa")
+    if got is None:
+        return
+    b, model, loader, bn_loader, total = got
+    state, n = ens.train_swa(model, loader, bn_loader, training["optimizer"], total, int(training["members"]),
+                             float(training["swa_lr"]), log=log)
+    save_checkpoint(out, state, {**b["meta"], "run": f"swa:{b['meta'].get('run')}", "swa_base": str(base),
+                                 "swa_averaged": n, "status": "ok"})
+
+
+def _curve_members(curve: Mapping, dev) -> list[tuple[str, dict | None]]:
+    a, b = _endpoint(curve["start"]), _endpoint(curve["end"])
+    ck = load_checkpoint(curve["curve"])
+    if a is None or b is None or ck["model"] is None:
+        return [(f"t={t:.3f}", None) for t in curve["ts"]]
+    c = curves.load_curve(curve["curve"], _module(a, curve["start"], dev), map_location=dev)
+    c.check_endpoints(a["model"], b["model"], curve["curve"], curve["start"], curve["end"])
+    with torch.no_grad():
+        return [(f"t={t:.3f}", {k: v.detach().clone() for k, v in c.weights_at(t).items()}) for t in curve["ts"]]
+
+
+def ensembles(members: Mapping[str, Sequence[str]], curve: Mapping, budgets: Mapping, settings: Mapping, data: Mapping,
+              outputs: Mapping[str, str], device: Any = "auto", log: Log = print) -> None:
+    """``outputs["ensembles"]`` and ``["members"]``: accuracy, NLL and diversity of every ensemble.
+
+    ``members``: method -> member checkpoints (SWA: its one network); ``curve``: ``{"curve", "start", "end", "ts"}``."""
+    from . import ensembles as ens
+
+    dev = resolve_device(device)
+    loaded = {m: [(Path(p).stem, _endpoint(p)) for p in ps] for m, ps in members.items()}
+    first = next(e for es in loaded.values() for _l, e in es if e is not None)
+    module = model_from_checkpoint({"meta": first["meta"], "model": None}).to(dev)
+    states = {m: [(lab, None if e is None else e["model"]) for lab, e in es] for m, es in loaded.items()}
+    states["curve"] = _curve_members(curve, dev)
+    swa_meta = (loaded.get("swa") or [(None, None)])[0][1]
+    snaps = {"swa": int(swa_meta["meta"].get("swa_averaged", 1))} if swa_meta else {}
+    d = _data_block(data)
+    bn_loader, test_loader = _eval_loaders(d, dev, None, int(settings["eval_batch_size"]))
+    order = [m for m in ens.METHODS if m in states]
+    ens_df, mem_df = ens.evaluate_ensembles(module, {m: states[m] for m in order}, budgets, test_loader, bn_loader,
+                                            settings, device=dev, snapshots=snaps, log=log)
+    write_csv(ens_df, outputs["ensembles"])
+    write_csv(mem_df, outputs["members"])

@@ -28,7 +28,12 @@ POINT_COLUMNS = ["label", "u", "v", "distance", "rel_distance"]
 ANCHORS = ("w1", "w2", "bend")
 # per-layer similarity between two activation stores
 SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "value", "chance", "status"]
-_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b")
+# ensembles (closerlook.ensembles): one row per method, one row per member; `members` = networks whose
+# softmax is averaged (1 for SWA), `snapshots` = networks behind it (SWA: averaged weights)
+ENSEMBLE_COLUMNS = ["method", "members", "snapshots", "budget_epochs", "test_acc", "test_nll", "member_acc_mean",
+                    "member_acc_min", "member_nll_mean", "disagreement", "cka", "status"]
+MEMBER_COLUMNS = ["method", "member", "label", "test_acc", "test_nll", "status"]
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "method")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -196,14 +196,18 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def load_teacher(path: str | os.PathLike, device: torch.device, data_info: Mapping) -> nn.Module | None:
-    """Teacher from a checkpoint (meta['model'] spec), eval mode, no grad; None if it diverged."""
+def load_teacher(path: str | os.PathLike, device: torch.device, data_info: Mapping,
+                 allow: Sequence[str] = ()) -> nn.Module | None:
+    """Teacher from a checkpoint (meta['model'] spec), eval mode, no grad; None if it diverged.
+
+    An external factory is imported only when ``allow`` names it (:func:`closerlook.models.check_allowed`)."""
     ck = load_checkpoint(path)
     meta = ck.get("meta", {})
     if ck.get("model") is None:
         return None
     if "model" not in meta:
         raise CheckpointError(f"{path}: teacher checkpoint has no meta['model'] spec to rebuild the network")
+    models.check_allowed(meta["model"], allow, str(path))
     dinfo = meta.get("data") or data_info
     teacher = models.build_model(meta["model"], dinfo.get("in_channels", data_info["in_channels"]),
                                  dinfo.get("num_classes", data_info["num_classes"]),
@@ -287,8 +291,12 @@ def _status_complete(out: Path, key: str) -> dict | None:
     return None
 
 
-def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[str], Any] | None = print) -> dict:
+def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[str], Any] | None = print,
+              factories: Sequence[str] = ()) -> dict:
     """Train one run into ``out_dir`` (resuming from ``out_dir/resume.pt`` when present).
+
+    ``factories``: external model factories a distillation teacher's checkpoint may name (those the
+    config names; the run's own model is always allowed).
 
     Returns ``{"status": "ok"|"diverged", "epoch", "iteration", "train_loss", "train_acc",
     "test_loss", "test_acc", "wall_s", "images_per_s", ...}``.
@@ -301,7 +309,7 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
     if done is not None:
         say(f"{out}: already complete ({done['status']}); nothing to do")
         return dict(done.get("final", {}), status=done["status"])
-    run = _setup(s, out, say)
+    run = _setup(s, out, say, [*factories, s["model"]["name"]])
     clock = _resume_or_fresh(run)
     acc = {"loss": torch.tensor(run.st["loss_sum"], dtype=torch.float64, device=run.device),
            "correct": torch.tensor(run.st["correct"], dtype=torch.int64, device=run.device)}
@@ -314,7 +322,7 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
     return _finish(run, acc, clock, t_train)
 
 
-def _setup(s: dict, out: Path, say: Callable[[str], Any]) -> _Run:
+def _setup(s: dict, out: Path, say: Callable[[str], Any], allow: Sequence[str] = ()) -> _Run:
     """Device, data, model (initialised from the seed alone), optimizer, scheduler, teacher."""
     devices.set_threads(s["threads"])
     device = devices.resolve_device(s["device"])
@@ -339,7 +347,7 @@ def _setup(s: dict, out: Path, say: Callable[[str], Any]) -> _Run:
     pmap = dict(model.named_parameters())
     frozen = [pmap[n] for n in models.resolve_freeze(model, s["freeze"]["groups"])] if s["freeze"] else []
     optimizer = build_optimizer(model, s["optimizer"])
-    teacher, loss_fn = _teacher(s, device, info)
+    teacher, loss_fn = _teacher(s, device, info, allow)
     key = spec_hash(s)
     data_meta = {k: info[k] for k in ("name", "in_channels", "num_classes", "image_size")}
     base_meta = {"run": s["name"], "seed": s["seed"], "model": s["model"], "data": data_meta, "spec_hash": key,
@@ -355,12 +363,13 @@ def _setup(s: dict, out: Path, say: Callable[[str], Any]) -> _Run:
     return run
 
 
-def _teacher(s: dict, device: torch.device, info: Mapping) -> tuple[nn.Module | None, Callable | None]:
+def _teacher(s: dict, device: torch.device, info: Mapping,
+             allow: Sequence[str] = ()) -> tuple[nn.Module | None, Callable | None]:
     """The distillation teacher (None when its run diverged) and the loss, or (None, None) without distillation."""
     dist = s["distill"]
     if not dist:
         return None, None
-    teacher = load_teacher(dist["teacher"], device, info)
+    teacher = load_teacher(dist["teacher"], device, info, allow)
     if teacher is not None and s["channels_last"]:
         teacher = teacher.to(memory_format=torch.channels_last)
     return teacher, (lambda st, tt, yy: distillation_loss(st, tt, yy, dist["temperature"], dist["alpha"]))
@@ -533,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="run directory")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a spec key (dotted, value parsed as YAML), e.g. --set optimizer.lr=0.1")
+    ap.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
+                    help="an external model factory a teacher checkpoint may name (the spec's own is allowed)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -542,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
             k, v = kv.split("=", 1)
             set_key(spec, k.strip(), v)
-        res = train_run(spec, args.out, progress=None if args.quiet else (lambda m: print(m, flush=True)))
+        res = train_run(spec, args.out, progress=None if args.quiet else (lambda m: print(m, flush=True)),
+                        factories=args.allow_factory)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,12 @@ def _cca_other_arch(cfg):
     cfg["runs"]["distilled"]["model"] = {"name": "small_cnn", "batch_norm": False, "init": "paper", "width": 0.5}
 
 
+def _skip_vs_plain(cfg):
+    # G-A from a ResNet-18 to the plain net (skip: false): the shortcut convs exist on one side only
+    cfg["defaults"]["model"] = {"name": "resnet18", "width": 0.125}
+    cfg["runs"]["lb_warmup"]["model"] = {"name": "resnet18", "width": 0.125, "skip": False}
+
+
 # id -> (mutation, text the message must contain (the key), text describing the problem)
 CASES = {
     "unknown_model": (_set(["defaults", "model", "name"], "vgg99"), "model.name", "unknown model"),
@@ -97,6 +103,32 @@ CASES = {
     "curve_start_equals_end": (_set(["curves", "G-A", "end"], {"run": "sgd", "final": True}), "curves.G-A",
                                "same checkpoint"),
     "device_unknown": (_set(["defaults", "device"], "tpu"), "defaults.device", "tpu"),
+    # models and data from outside (closerlook.factories): checked by importing / building on the meta device
+    "factory_unimportable": (_set(["defaults", "model"], {"name": "no_such_package_xyz:make"}),
+                             "runs.sgd: model.name", "cannot import module 'no_such_package_xyz'"),
+    "factory_returns_no_module": (_set(["defaults", "model"], {"name": "os:getcwd"}), "runs.sgd: model.name",
+                                  "returned a str, not a torch.nn.Module"),
+    "factory_bad_layer_name": (_set(["defaults", "model"], {"name": "torchvision:resnet18", "adapt": "io",
+                                                            "analysis_layers": ["layer9"]}),
+                               "model.analysis_layers", "'layer9' matches no module of this model; its modules: conv1"),
+    "factory_bad_group_name": (_set(["defaults", "model"], {"name": "torchvision:resnet18", "adapt": "io",
+                                                            "groups": {"classifier": ["head"]}}),
+                               "model.groups.classifier", "'head' matches no module"),
+    "factory_builtin_only_key": (_set(["defaults", "model"], {"name": "torchvision:resnet18", "adapt": "io",
+                                                              "width": 0.5}), "model.width", "built-in-only key"),
+    "factory_wrong_logits": (_set(["defaults", "model"], {"name": "torchvision:resnet18", "adapt": "none",
+                                                          "kwargs": {"num_classes": 10}}), "runs.sgd: model",
+                             "forward pass on one 1x28x28 image failed"),
+    "builtin_bad_layer_name": (_set(["defaults", "model", "analysis_layers"], ["features.99"]),
+                               "model.analysis_layers", "'features.99' matches no module"),
+    "skip_on_a_vgg": (_set(["defaults", "model", "skip"], False), "model.skip", "only resnet18"),
+    "dataset_unknown_torchvision_class": (_set(["data", "name"], "torchvision:NoSuchSet"), "data.name",
+                                          "torchvision.datasets has no class 'NoSuchSet'"),
+    "dataset_torchvision_without_root_convention": (_set(["data", "name"], "torchvision:FakeData"), "data.name",
+                                                    "does not follow the (root, train"),
+    "dataset_name_malformed": (_set(["data", "name"], "torchvision:../x"), "data.name", "torchvision:../x"),
+    "curve_between_skip_and_plain": (_skip_vs_plain, "curves.G-A",
+                                     "(sgd: resnet18 width 0.125, lb_warmup: resnet18 width 0.125 without skip connections)"),
     "data_root_not_a_string": (_set(["data", "root"], 5), "data.root", "not of type"),
 }
 
@@ -165,7 +197,7 @@ def test_python_object_tag_is_refused_and_not_executed(tmp_path):
 # each dry run costs ~10 s (snakemake + torch start-up): a handful, covering both checkers
 # (snakemake's schema validation first, then closerlook.config.validate_config)
 SNAKEMAKE_CASES = ["checkpoint_iteration_beyond_run", "teacher_cycle", "run_name_with_semicolon",
-                   "epochs_is_a_string"]
+                   "epochs_is_a_string", "factory_bad_layer_name"]
 
 
 def _no_job_ran(wd):

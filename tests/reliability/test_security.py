@@ -77,6 +77,43 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.parametrize("factory, kwargs", [("os:system", {"command": "touch MARKER"}),
+                                             ("subprocess:call", {"args": ["touch", "MARKER"]})])
+def test_checkpoint_naming_a_factory_the_config_does_not_name_runs_nothing(tmp_path, factory, kwargs):
+    from closerlook import models, stages
+    from closerlook.activations import CAPTURE_DEFAULTS
+    from closerlook.train import load_teacher
+
+    marker = tmp_path / "pwned"
+    spec = {"name": factory, "kwargs": json.loads(json.dumps(kwargs).replace("MARKER", str(marker)))}
+    p = tmp_path / "final.pt"
+    dims = {"in_channels": 1, "num_classes": 10, "image_size": 28}
+    io.save_checkpoint(p, {"w": torch.zeros(1)}, {"model": spec, "data": dict(dims, name="fashion_mnist"), "status": "ok"})
+    data = {"name": "fashion_mnist"}
+    allow = ["torchvision:resnet18"]  # the config names another factory
+    rebuilds = {  # every place a stage rebuilds a network from a checkpoint's spec
+        "model_from_checkpoint": lambda: models.model_from_checkpoint(io.load_checkpoint(p), str(p), allow=allow),
+        "activations": lambda: stages.extract_activations(str(p), str(tmp_path / "acts"), CAPTURE_DEFAULTS, data, 10,
+                                                          device="cpu", factories=allow),
+        "curve path": lambda: stages.evaluate_path(str(p), str(p), str(tmp_path / "line.csv"), {}, data, device="cpu",
+                                                   factories=allow),
+        "curve fit": lambda: stages.fit_curve(str(p), str(p), str(tmp_path / "curve"), {}, data, device="cpu",
+                                              factories=allow),
+        "plane": lambda: stages.plane(str(p), str(p), str(p), str(tmp_path / "plane"), {}, data, device="cpu",
+                                      factories=allow),
+        "teacher": lambda: load_teacher(p, torch.device("cpu"), dims, allow),
+    }
+    for what, rebuild in rebuilds.items():
+        with pytest.raises(io.CheckpointError) as ei:
+            rebuild()
+        assert str(ei.value).startswith(f"{p}: the checkpoint names the model factory {factory!r}"), (what, ei.value)
+        assert not marker.exists(), what
+    # control: a config that names the factory is trusted and the call does run (so this test can fail)
+    with pytest.raises(io.ConfigError, match="returned a int, not a torch.nn.Module"):
+        models.build_model(spec, **dims)
+    assert marker.exists()
+
+
 def test_crafted_resume_state_is_not_executed(fmnist_dir, data_cache, tmp_path):
     marker = tmp_path / "pwned"
     out = tmp_path / "run"

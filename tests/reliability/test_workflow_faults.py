@@ -130,7 +130,9 @@ def test_snakemake_killed_mid_extraction_reruns_to_the_same_arrays(done, tmp_pat
     target = str(store.relative_to(wd))
     shutil.rmtree(store)          # the extraction has to run (as on a first run)
     (tmp_path / "sitecustomize.py").write_text(SLOW_HOOK)
-    env = dict(os.environ, CL_TEST_SLOW_ACTIVATIONS="1", PYTHONPATH=str(tmp_path))
+    # the hook's folder first, then whatever PYTHONPATH already names (the checkout under test)
+    env = dict(os.environ, CL_TEST_SLOW_ACTIVATIONS="1",
+               PYTHONPATH=os.pathsep.join(x for x in (str(tmp_path), os.environ.get("PYTHONPATH")) if x))
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd), "--configfile", str(cf),
            "--cores", "1", target]
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -64,6 +64,12 @@ def all_targets():
         out += C.figure_files(config, fig)
     if C.figure_names(config):
         out += [P.claims_file(R, "json"), P.claims_file(R, "md")]
+    for curve in config.get("curves") or {}:  # a curve aligned or with AutoNEB: every path beside the others
+        kinds = C.path_kinds(config, curve)
+        if len(kinds) > 2:
+            out += [P.path_table(R, curve, inst, k) for inst in C.curve_instances(config, curve) for k in kinds]
+    if config.get("ensembles"):
+        out += [P.ensemble_table(R, C.ensemble_inst(config), k) for k in ("ensembles", "members")]
     return out
 
 
@@ -80,13 +86,14 @@ def _teacher_input(wildcards, run):
     return [ckpt(t)] if t else []
 
 
-def _curve_ends(curve, inst):
+def _curve_ends(curve, inst, raw=False):
+    """The checkpoints a curve joins: its end aligned to its start when the curve aligns (unless ``raw``)."""
     a, b = C.curve_instances(config, curve)[inst]
-    return {"start": ckpt(a), "end": ckpt(b)}
+    return {"start": ckpt(a), "end": ckpt(b) if raw else C.curve_end(config, curve, inst)}
 
 
 def _path_inputs(wc):
-    d = _curve_ends(wc.curve, wc.inst)
+    d = _curve_ends(wc.curve, wc.inst, raw=wc.path == "line")
     if wc.path == "curve":
         d["curve"] = P.curve_file(R, wc.curve, wc.inst, "curve.pt")
     return d
@@ -97,6 +104,19 @@ def _plane_inputs(wc):
     d = _curve_ends(curve, wc.inst)
     d["curve"] = P.curve_file(R, curve, wc.inst, "curve.pt")
     d["project"] = [ckpt(ep) for ep in C.plane_projection(config, wc.plane, wc.inst)]
+    return d
+
+
+def _ensemble_inputs(wc):
+    """Every member checkpoint of every ensemble, and the curve with its ends."""
+    mem = C.ensemble_members(config)
+    name, inst = C.ensemble_curve(config)
+    k = C.ensemble_settings(config)["members"]
+    d = {m: [ckpt(ep) for ep in eps] for m, eps in mem.items()}
+    d["fge"] = [P.fge_member(R, wc.inst, i) for i in range(k)]
+    d["swa"] = [P.swa_weights(R, wc.inst)]
+    d.update({f"curve_{key}": p for key, p in _curve_ends(name, inst).items()})
+    d["curve"] = P.curve_file(R, name, inst, "curve.pt")
     return d
 
 

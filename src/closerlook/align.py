@@ -1,0 +1,475 @@
+"""Permutation alignment of two networks by weight matching, and REPAIR for interpolation without BN.
+
+Two networks trained from different seeds compute the same function up to a
+permutation of their hidden units; the straight line between them crosses a
+barrier that may be that permutation alone. Weight matching (Ainsworth et al.,
+"Git Re-Basin", 2023, algorithm 1) finds, for every group of tied units, the
+permutation of network B that maximises the inner product of its weights with
+A's, one group at a time (a linear assignment, ``scipy.optimize.linear_sum_assignment``)
+until no group improves.
+
+A :class:`PermSpec` says which axis of which state-dict entry each permutation
+acts on. Specs come from
+
+* :func:`builtin_spec`: the built-in families of :mod:`closerlook.models`
+  (VGG-11/16 +-BN, ``small_cnn``, the CIFAR ResNet-18 with each residual
+  stream one tied group), written out from the module structure;
+* :func:`fx_spec`: derived from a ``torch.fx`` trace of any network built from
+  Conv2d / Linear / BatchNorm / pointwise / pooling modules, additions (residual
+  streams tied) and flattening (e.g. torchvision's resnet18); a node it cannot
+  follow raises :class:`AlignError` naming the module or function.
+
+Permuting copies values, so :func:`apply_permutation` of a network is bitwise
+the same function up to float reassociation (the sums inside a layer run in
+another order).
+
+REPAIR (Jordan et al., 2023): an interpolated network without BN loses the
+variance of its hidden units ("variance collapse"). :func:`repair` re-estimates,
+layer by layer from the input, each Conv2d/Linear output channel's mean and
+standard deviation on data and rescales the channel to the interpolation of
+the endpoints' statistics.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torch.func import functional_call
+
+from .io import CloserlookError
+from .data import batches_of
+
+# the one owner of alignment defaults (config `align:`): Ainsworth et al.'s weight matching, iterated until
+# no permutation group improves (at most max_iter sweeps, groups in a seeded random order); REPAIR statistics
+# from the first repair_images training images (Jordan et al. use 5,000 for CIFAR-10)
+ALIGN_DEFAULTS: dict[str, Any] = {"method": "weights", "max_iter": 100, "seed": 0, "repair": True,
+                                  "repair_images": 1000}
+METHODS = ("weights", "none")
+CURVE_ALIGN_DEFAULT = "none"  # a curve's `align:` option: its end is used as trained unless it says `weights`
+
+Axis = tuple[str, int] | None  # (permutation name, units per block on this axis) or not permuted
+
+
+class AlignError(CloserlookError, ValueError):
+    """A network the alignment cannot follow; the message names the module."""
+
+
+@dataclass
+class PermSpec:
+    """``sizes``: permutation name -> number of units; ``axes``: state-dict key -> one entry per tensor axis."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    axes: dict[str, tuple[Axis, ...]] = field(default_factory=dict)
+
+    def users(self) -> dict[str, list[tuple[str, int, int]]]:
+        """Permutation name -> [(key, axis, block)] of the entries it acts on."""
+        out: dict[str, list[tuple[str, int, int]]] = {p: [] for p in self.sizes}
+        for key, axes in self.axes.items():
+            for i, ax in enumerate(axes):
+                if ax is not None:
+                    out[ax[0]].append((key, i, ax[1]))
+        return out
+
+    def check(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Every spec key exists with matching sizes; AlignError naming the key otherwise."""
+        for key, axes in self.axes.items():
+            if key not in state:
+                raise AlignError(f"permutation spec: key {key!r} is not in the state dict")
+            shape = tuple(state[key].shape)
+            if len(axes) != len(shape):
+                raise AlignError(f"permutation spec: key {key!r} has {len(shape)} axes, the spec {len(axes)}")
+            for i, ax in enumerate(axes):
+                if ax is not None and self.sizes[ax[0]] * ax[1] != shape[i]:
+                    raise AlignError(f"permutation spec: key {key!r} axis {i} has size {shape[i]}, "
+                                     f"permutation {ax[0]!r} x block {ax[1]} needs {self.sizes[ax[0]] * ax[1]}")
+
+
+# --------------------------------------------------------------------------- built-in families
+
+
+class _Builder:
+    """Accumulates a spec: each layer's parameters get (out perm, in perm) axes."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.spec, self.sd = PermSpec(), module.state_dict()
+
+    def new(self, name: str, size: int) -> str:
+        self.spec.sizes[name] = size
+        return name
+
+    def layer(self, prefix: str, out: str | None, inp: Axis) -> None:
+        """A Conv2d/Linear (weight: out, in, kernel...) or a norm layer (every vector: out)."""
+        o = (out, 1) if out else None
+        for key in [k for k in self.sd if k.startswith(prefix + ".") and "." not in k[len(prefix) + 1:]]:
+            name, t = key[len(prefix) + 1:], self.sd[key]
+            if name == "weight" and t.dim() >= 2:
+                self.spec.axes[key] = (o, inp) + (None,) * (t.dim() - 2)
+            elif t.dim() == 1:
+                self.spec.axes[key] = (o,)
+            else:  # num_batches_tracked
+                self.spec.axes[key] = (None,) * t.dim()
+
+
+def _vgg_spec(model: nn.Module) -> PermSpec:
+    b, cur = _Builder(model), None
+    for i, m in enumerate(model.features):
+        if isinstance(m, nn.Conv2d):
+            p = b.new(f"features.{i}", m.out_channels)
+            b.layer(f"features.{i}", p, (cur, 1) if cur else None)
+            cur = p
+        elif isinstance(m, nn.BatchNorm2d):
+            b.layer(f"features.{i}", cur, None)
+    linears = [(i, m) for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
+    for k, (i, m) in enumerate(linears):
+        if k == 0:  # flattened conv output: each channel is a block of H*W consecutive features
+            inp = (cur, m.in_features // b.spec.sizes[cur]) if cur else None
+        else:
+            inp = (cur, 1)
+        cur = b.new(f"classifier.{i}", m.out_features) if k < len(linears) - 1 else None
+        b.layer(f"classifier.{i}", cur, inp)
+    return b.spec
+
+
+def _resnet_spec(model: nn.Module) -> PermSpec:
+    b = _Builder(model)
+    stream = b.new("stream0", model.stem[0].out_channels)
+    b.layer("stem.0", stream, None)
+    b.layer("stem.1", stream, None)
+    for s in range(1, 5):
+        for j, block in enumerate(getattr(model, f"layer{s}")):
+            pre, inp = f"layer{s}.{j}", (stream, 1)
+            inner = b.new(f"{pre}.inner", block.conv1.out_channels)
+            if len(block.shortcut):  # a projection shortcut starts a new residual stream
+                stream = b.new(f"stream{s}", block.conv2.out_channels)
+                b.layer(f"{pre}.shortcut.0", stream, inp)
+                b.layer(f"{pre}.shortcut.1", stream, None)
+            b.layer(f"{pre}.conv1", inner, inp)
+            b.layer(f"{pre}.bn1", inner, None)
+            b.layer(f"{pre}.conv2", stream, (inner, 1))
+            b.layer(f"{pre}.bn2", stream, None)
+    b.layer("fc", None, (stream, 1))
+    return b.spec
+
+
+def builtin_spec(model: nn.Module) -> PermSpec:
+    """The permutation spec of a network from :func:`closerlook.models.build_model`."""
+    from .models import VGG, ResNet18
+
+    if isinstance(model, VGG):
+        return _vgg_spec(model)
+    if isinstance(model, ResNet18):
+        return _resnet_spec(model)
+    raise AlignError(f"builtin_spec: {type(model).__name__} is not a built-in family; use fx_spec")
+
+
+def permutation_spec(model: nn.Module) -> PermSpec:
+    """The built-in spec when there is one, else the one derived from a torch.fx trace."""
+    try:
+        return builtin_spec(model)
+    except AlignError:
+        return fx_spec(model)
+
+
+# --------------------------------------------------------------------------- torch.fx derivation
+
+_PASS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+_PASS_FUNCS = {F.relu, torch.relu, F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.dropout}
+_FLATTEN = {torch.flatten, "flatten"}
+_ADD = {operator.add, torch.add, operator.iadd, "add", "add_"}
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, p: str) -> str:
+        while self.parent.setdefault(p, p) != p:
+            p = self.parent[p]
+        return p
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(b)] = self.find(a)
+
+
+class _FxWalk:
+    """Follows each node's (permutation, block) through the graph; layers record their axes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.mods = model, dict(model.named_modules())
+        self.b, self.uf = _Builder(model), _UnionFind()
+        self.layers: list[tuple[str, str | None, Axis]] = []  # (prefix, out perm, in axis)
+        self.fixed: set[str] = set()
+
+    def module(self, target: str, inp: Axis) -> Axis:
+        m = self.mods[target]
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise AlignError(f"fx_spec: module {target!r} is a grouped conv (groups={m.groups}); not supported")
+            n_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+            if inp is not None:
+                inp = (inp[0], n_in // self.b.spec.sizes[inp[0]])
+            out = self.b.new(target, m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            self.layers.append((target, out, inp))
+            return (out, 1)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if inp is None:
+                raise AlignError(f"fx_spec: module {target!r} normalises an unpermuted input")
+            self.layers.append((target, inp[0], None))
+            return inp
+        if isinstance(m, _PASS_MODULES):
+            return inp
+        raise AlignError(f"fx_spec: cannot derive a permutation through module {target!r} ({type(m).__name__})")
+
+    def function(self, node, args: list) -> Axis:
+        perms = [a for a in args if a is not None]
+        if node.target in _ADD:
+            if len(perms) == 2:
+                self.uf.union(perms[0][0], perms[1][0])
+            return perms[0] if perms else None
+        if node.target in _FLATTEN or node.target in _PASS_FUNCS or node.target in ("relu", "relu_", "view", "size"):
+            return perms[0] if perms else None
+        name = getattr(node.target, "__name__", str(node.target))
+        raise AlignError(f"fx_spec: cannot derive a permutation through {node.op} {name!r} (node {node.name!r})")
+
+    def run(self) -> PermSpec:
+        import torch.fx
+
+        try:
+            graph = torch.fx.symbolic_trace(self.model).graph
+        except Exception as exc:  # noqa: BLE001 - fx raises many kinds; name the model
+            raise AlignError(f"fx_spec: torch.fx cannot trace {type(self.model).__name__}: {exc}") from exc
+        val: dict[Any, Axis] = {}
+        for node in graph.nodes:
+            args = [val.get(a) for a in node.all_input_nodes]
+            if node.op == "placeholder" or node.op == "get_attr":
+                val[node] = None
+            elif node.op == "call_module":
+                val[node] = self.module(node.target, args[0] if args else None)
+            elif node.op in ("call_function", "call_method"):
+                val[node] = self.function(node, args)
+            elif node.op == "output" and args and args[0] is not None:
+                self.fixed.add(args[0][0])  # the logits keep their order
+        return self.finish()
+
+    def finish(self) -> PermSpec:
+        """Merge tied groups into one permutation each; groups reaching the output are not permuted."""
+        fixed = {self.uf.find(p) for p in self.fixed}
+        root = {p: self.uf.find(p) for p in self.b.spec.sizes}
+        rename = lambda p: None if p is None or root[p] in fixed else root[p]  # noqa: E731
+        sizes = {root[p]: n for p, n in self.b.spec.sizes.items() if root[p] not in fixed}
+        self.b.spec.sizes = sizes
+        for prefix, out, inp in self.layers:
+            inp = (rename(inp[0]), inp[1]) if inp is not None and rename(inp[0]) else None
+            self.b.layer(prefix, rename(out), inp)
+        return self.b.spec
+
+
+def fx_spec(model: nn.Module) -> PermSpec:
+    """A permutation spec derived from a ``torch.fx`` trace of ``model`` (see the module docstring)."""
+    spec = _FxWalk(model).run()
+    sd = model.state_dict()
+    untouched = [k for k, v in sd.items() if k not in spec.axes and v.is_floating_point()]
+    if untouched:
+        raise AlignError(f"fx_spec: state-dict key {untouched[0]!r} is used by no layer the trace followed")
+    return spec
+
+
+# --------------------------------------------------------------------------- permutations
+
+
+def _take(t: torch.Tensor, axis: int, perm: torch.Tensor, block: int) -> torch.Tensor:
+    idx = (perm[:, None] * block + torch.arange(block, device=perm.device)).reshape(-1) if block > 1 else perm
+    return t.index_select(axis, idx.to(t.device))
+
+
+def apply_permutation(spec: PermSpec, perms: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                      skip: tuple[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """``state`` with every axis permuted (unit i of the result = unit ``perm[i]`` of ``state``).
+
+    ``skip=(key, axis)`` leaves that one axis as it is (weight matching's cost of one group)."""
+    out = {}
+    for key, t in state.items():
+        for i, ax in enumerate(spec.axes.get(key, ())):
+            if ax is not None and (key, i) != skip:
+                t = _take(t, i, perms[ax[0]], ax[1])
+        out[key] = t
+    return out
+
+
+def random_permutation(spec: PermSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {p: torch.randperm(n, generator=g) for p, n in spec.sizes.items()}
+
+
+def _cost(spec: PermSpec, users, p: str, a: Mapping, b: Mapping, perms: Mapping) -> torch.Tensor:
+    """sum over p's entries of A_w B_w^T, B's other axes permuted.
+
+    In the weights' dtype (float32): only the argmax of the assignment is used, and 4096-wide layers
+    would make float64 products the bulk of the time; a float64 sum across entries."""
+    n = spec.sizes[p]
+    cost = torch.zeros(n, n, dtype=torch.float64)
+    for key, axis, block in users[p]:
+        wb = apply_permutation(spec, perms, {key: b[key]}, skip=(key, axis))[key]
+        wa = a[key].movedim(axis, 0).reshape(n, -1)
+        cost += (wa @ wb.movedim(axis, 0).reshape(n, -1).to(wa.dtype).T).double()
+    return cost
+
+
+def _assign(cost: torch.Tensor, current: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The maximising assignment and whether it beats ``current``."""
+    _, col = linear_sum_assignment(cost.numpy(), maximize=True)
+    rows = torch.arange(len(col))
+    new, old = cost[rows, col].sum(), cost[rows, current].sum()
+    return torch.as_tensor(col, dtype=torch.long), bool(new > old + 1e-12 * abs(float(old)))
+
+
+def _known_users(spec: PermSpec, users, known: set) -> dict:
+    """Each group's entries whose other permuted axes are already matched (the forward sweep)."""
+    out = {}
+    for p, us in users.items():
+        out[p] = [(key, axis, blk) for key, axis, blk in us
+                  if all(ax is None or j == axis or ax[0] in known for j, ax in enumerate(spec.axes[key]))]
+    return out
+
+
+def weight_matching(spec: PermSpec, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], *,
+                    max_iter: int = ALIGN_DEFAULTS["max_iter"], seed: int = ALIGN_DEFAULTS["seed"],
+                    keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Permutations that align ``b`` to ``a`` (Ainsworth et al., algorithm 1, after a forward sweep).
+
+    The forward sweep matches the groups in the spec's order (input to output), each on the entries
+    whose other axes are matched already (for a permuted copy this alone is exact: by Cauchy-Schwarz
+    the true assignment is the unique maximum when no two units have equal weights). Then
+    coordinate descent over all entries, groups in a seeded random order, until no group improves.
+    Coordinate descent from the identity alone gets stuck when two wide layers each need the other
+    (measured: VGG-11's 4096-wide FC pair). Matches the floating entries ``keys`` (default: all but BN
+    running statistics). Returns permutation name -> index tensor for :func:`apply_permutation` on ``b``.
+    """
+    spec.check(a)
+    spec.check(b)
+    keys = set(keys) if keys is not None else {k for k in spec.axes if a[k].is_floating_point()
+                                                 and not k.endswith(("running_mean", "running_var"))}
+    users = {p: [u for u in us if u[0] in keys] for p, us in spec.users().items()}
+    a = {k: a[k].detach().cpu() for k in keys}
+    b = {k: b[k].detach().cpu() for k in keys}
+    perms = {p: torch.arange(n) for p, n in spec.sizes.items()}
+    known: set[str] = set()
+    for p in spec.sizes:
+        sweep = _known_users(spec, users, known)
+        if sweep[p]:
+            perms[p] = _assign(_cost(spec, sweep, p, a, b, perms), perms[p])[0]
+        known.add(p)
+    rng = np.random.default_rng(seed)
+    names = list(spec.sizes)
+    for _ in range(max_iter):
+        improved = False
+        for i in rng.permutation(len(names)):
+            perms[names[i]], better = _assign(_cost(spec, users, names[i], a, b, perms), perms[names[i]])
+            improved |= better
+        if not improved:
+            break
+    return perms
+
+
+def align(module: nn.Module, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
+          settings: Mapping | None = None) -> dict[str, torch.Tensor]:
+    """``b`` permuted to match ``a`` (``settings``: :data:`ALIGN_DEFAULTS` keys); ``method: none`` returns b."""
+    s = {**ALIGN_DEFAULTS, **(settings or {})}
+    if s["method"] not in METHODS:
+        raise AlignError(f"align.method: {s['method']!r} is not one of {', '.join(METHODS)}")
+    if s["method"] == "none":
+        return dict(b)
+    spec = permutation_spec(module)
+    perms = weight_matching(spec, a, b, max_iter=int(s["max_iter"]), seed=int(s["seed"]))
+    return apply_permutation(spec, perms, b)
+
+
+# --------------------------------------------------------------------------- REPAIR
+
+
+def _channel_stats(module: nn.Module, state: Mapping, name: str, loader: Any, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of module ``name``'s output over ``loader`` (eval mode)."""
+    sums: list[torch.Tensor] = []
+
+    def hook(_m, _i, out):
+        o = out.detach().double().transpose(0, 1).reshape(out.shape[1], -1)
+        sums.append(torch.stack([o.sum(1), (o * o).sum(1), torch.full_like(o[:, 0], o.shape[1])]))
+
+    h = dict(module.named_modules())[name].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for x, _y in batches_of(loader):
+                functional_call(module, dict(state), (x.to(device) if device is not None else x,))
+    finally:
+        h.remove()
+    s, ss, n = torch.stack(sums).sum(0)
+    mean = s / n
+    return mean, (ss / n - mean * mean).clamp_min(0).sqrt()
+
+
+def repair(module: nn.Module, state: Mapping[str, torch.Tensor], ends: Sequence[Mapping[str, torch.Tensor]],
+           alpha: float, loader: Any, device: Any = None, cache: dict | None = None) -> dict[str, torch.Tensor]:
+    """REPAIR the interpolated ``state`` = (1 - alpha) ends[0] + alpha ends[1] (a new state dict).
+
+    Layer by layer from the input, each Conv2d/Linear output channel (except the
+    logits) is rescaled so that its mean and std on ``loader`` equal the
+    interpolation of the two endpoints' (their statistics measured on the same data;
+    pass the same ``cache`` dict for every point of one line to measure them once).
+    """
+    cache = {} if cache is None else cache
+    was = module.training
+    module.eval()
+    layers = [n for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))][:-1]
+    out = {k: v.clone() for k, v in state.items()}
+    try:
+        for name in layers:
+            for i, e in enumerate(ends):
+                if (name, i) not in cache:
+                    cache[(name, i)] = _channel_stats(module, e, name, loader, device)
+            (ma, sa), (mb, sb) = cache[(name, 0)], cache[(name, 1)]
+            goal_m, goal_s = (1 - alpha) * ma + alpha * mb, (1 - alpha) * sa + alpha * sb
+            m, s = _channel_stats(module, out, name, loader, device)
+            scale = goal_s / s.clamp_min(1e-12)
+            w, bias = out[f"{name}.weight"], out.get(f"{name}.bias")
+            if bias is None:
+                raise AlignError(f"repair: layer {name!r} has no bias to carry the corrected mean (REPAIR is for "
+                                 "networks without BN; with BN, recomputing its statistics does the same)")
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            out[f"{name}.weight"] = w * scale.to(w).view(shape)
+            out[f"{name}.bias"] = ((bias.double() - m) * scale + goal_m).to(bias)
+    finally:
+        module.train(was)
+    return out
+
+
+def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) a + alpha b for floating entries; other entries from ``a``."""
+    return {k: (torch.lerp(v, b[k].to(v), alpha) if v.is_floating_point() else v.clone()) for k, v in a.items()}
+
+
+def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, test_loader: Any, ts: Sequence[float],
+                  *, repair_loader: Any = None, label: str = "line", log: Callable[[str], Any] | None = None):
+    """The path table of the straight line a -> b (BN recomputed at each t), REPAIRed when ``repair_loader``."""
+    import pandas as pd
+
+    from .landscape import evaluate_point
+    from .tables import PATH_COLUMNS
+
+    device = next((v.device for v in module.state_dict().values()), None)
+    rows, cache = [], {}
+    for t in ts:
+        state = interpolate(a, b, float(t))
+        if repair_loader is not None and 0.0 < t < 1.0:
+            state = repair(module, state, (a, b), float(t), repair_loader, device, cache)
+        m = evaluate_point(module, state, train_loader, test_loader, device=device)
+        rows.append({"t": float(t), **m, "path": label, "status": "ok" if np.isfinite(m["train_loss"]) else "diverged"})
+        if log:
+            log(f"{label} t={t:.3f} train_loss={m['train_loss']:.4f} test_acc={m['test_acc']:.4f}")
+    return pd.DataFrame(rows, columns=PATH_COLUMNS)
