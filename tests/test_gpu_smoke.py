@@ -30,7 +30,9 @@ def _snakemake(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.Com
 
 
 def _cpu_overrides() -> list[str]:
-    """--config entries: CIFAR-10 from the shared zip, 500 training images, a small CNN, 1 thread."""
+    """--config entries: CIFAR-10 from the shared zip, 500 training images, a small CNN, 1 thread.
+
+    400 probe images: CCA needs more datapoints than the small CNN's 256-wide FC layers have neurons."""
     cfg = yaml.safe_load(SMOKE.read_text())
     model = "{name: small_cnn, width: 0.25}"   # VGG-16's 4096-wide FC layers cost minutes on a CPU
     runs = {r: "{batch_size: 100, micro_batch_size: 50}" for r, v in cfg["runs"].items()
@@ -39,7 +41,7 @@ def _cpu_overrides() -> list[str]:
     runs_yaml = "{" + ", ".join(f"{r}: {v}" for r, v in runs.items()) + "}"
     stage = f"{{threads: {THREADS}}}"
     return ["--config", "name=gpu_smoke_cpu",
-            "data={name: cifar10_jpeg, root: null, train_per_class: 50, test_per_class: 10, probe_size: 200}",
+            "data={name: cifar10_jpeg, root: null, train_per_class: 50, test_per_class: 10, probe_size: 400}",
             f"defaults={{model: {model}, threads: {THREADS}, device: cpu}}",
             f"runs={runs_yaml}",
             "curve_defaults={epochs: 1, eval_train_images: 200}",
