@@ -22,7 +22,7 @@ def demo():
     return C.load_config(REPO / "config" / "demo.yaml")
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml", "gpu_smoke.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = C.load_config(REPO / "config" / name)
     assert set(C.figure_names(cfg)) == set(P.PAPER_FIGURES)
@@ -134,6 +134,13 @@ def test_demo_extra_plans_the_lens_rules(tmp_path):
         assert rule in out, (rule, out[-3000:])
 
 
+def test_bn_fallback_config_covers_experiments_4_to_6_with_bn():
+    cfg = C.load_config(REPO / "config" / "paper_bn.yaml")
+    assert cfg["name"] != C.load_config(REPO / "config" / "config.yaml")["name"]   # its own results folder
+    assert C.figure_names(cfg) == ["fig4_warmup", "fig5_freeze", "fig6_distill"]
+    assert all(C.resolve_run(cfg, r)["model"]["batch_norm"] for r in C.run_names(cfg))
+
+
 def test_run_spec_merges_defaults_shallowly(demo):
     adam = C.run_spec(demo, "adam", 0)
     assert adam["optimizer"] == {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0}  # no SGD momentum inherited
@@ -193,3 +200,17 @@ def test_workflow_lint_is_clean():
     r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO),
                         "--configfile", str(REPO / "config" / "tiny.yaml")], capture_output=True, text=True, timeout=600)
     assert "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+def test_cli_values_are_read_as_yaml_like_a_config_file():
+    """snakemake --config 'data={train_per_class: 5, root: null}' arrives as strings (BaseLoader)."""
+    from closerlook.config import retype_cli_values
+
+    cfg = {"name": "x", "data": {"name": "cifar10", "train_per_class": "5", "root": "null", "cache_dir": "a b"},
+           "defaults": {"model": {"name": "small_cnn", "width": "0.25"}, "seeds": ["0", "1"]}, "keep": "7"}
+    given = {"data": {"train_per_class": "5", "root": "null", "cache_dir": "a b"},
+             "defaults": {"model": {"width": "0.25"}, "seeds": ["0", "1"]}}
+    retype_cli_values(cfg, given)
+    assert cfg["data"] == {"name": "cifar10", "train_per_class": 5, "root": None, "cache_dir": "a b"}
+    assert cfg["defaults"] == {"model": {"name": "small_cnn", "width": 0.25}, "seeds": [0, 1]}
+    assert cfg["keep"] == "7"  # not given on the command line: untouched

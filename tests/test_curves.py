@@ -11,7 +11,7 @@ from torch import nn
 
 from closerlook import curves as C
 from closerlook import landscape as L
-from closerlook.io import load_checkpoint, save_checkpoint
+from closerlook.io import ConfigError, load_checkpoint, save_checkpoint
 
 
 # --------------------------------------------------------------------------- helpers
@@ -442,6 +442,83 @@ def test_fit_lowers_loss_along_curve():
     C.fit_curve(curve, loader, epochs=15, lr=0.05, wd=0.0, seed=0)
     after = L.evaluate_path(curve, loader, None, ts=[0.5])["train_loss"].item()
     assert after < before, (before, after)
+
+
+# --------------------------------------------------------------------------- stopping rule
+
+
+def test_stop_update_counts_checks_without_a_real_improvement():
+    best, wait = math.inf, 0
+    for v, expect in ((1.0, (1.0, 0)), (0.995, (1.0, 1)), (0.98, (0.98, 0)), (float("nan"), (0.98, 1))):
+        best, wait = C.stop_update(best, wait, v, 0.01)
+        assert (best, wait) == expect  # exact: the rule copies values, no arithmetic on them
+
+
+def _monitored_fit(tmp_path, monitor, stop, epochs=8, fail_after=None, name="a"):
+    curve, x, y = _fit_setup()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10, shuffle=True, fail_after=fail_after), epochs=epochs, lr=0.05,
+                     seed=3, out_dir=tmp_path / name, resume_every=4, stop=stop, monitor=monitor)
+    return curve, df
+
+
+def test_stop_rule_stops_when_flat_and_logs_it(tmp_path):
+    curve, df = _monitored_fit(tmp_path, lambda c: 0.7, {"min_delta": 0.01, "patience": 2})
+    # check 1 sets the best, checks 2 and 3 do not improve on it: stop after epoch 3 of 8
+    assert df["epoch"].tolist() == [1, 2, 3] and df["stopped"].tolist() == [False, False, True]
+    assert df["stop_wait"].tolist() == [0, 1, 2]
+    saved = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    assert saved["stopped"].tolist() == [False, False, True] and saved["stop_max_loss"].tolist() == [0.7] * 3
+    assert load_checkpoint(tmp_path / "a" / "curve.pt")["meta"]["epoch"] == 3
+
+
+def test_stop_rule_does_not_stop_while_improving(tmp_path):
+    values = iter([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    _, df = _monitored_fit(tmp_path, lambda c: next(values), {"min_delta": 0.05, "patience": 1})
+    assert len(df) == 8 and not df["stopped"].any() and (df["stop_wait"] == 0).all()
+
+
+def test_stop_rule_checks_every_n_epochs(tmp_path):
+    calls = []
+    _, df = _monitored_fit(tmp_path, lambda c: calls.append(1) or 0.5, {"min_delta": 0.0, "patience": 1, "every": 3})
+    # checks after epochs 3 and 6; the second does not improve: stopped at 6
+    assert len(calls) == 2 and df["epoch"].tolist() == [1, 2, 3, 4, 5, 6] and df["stopped"].iloc[-1]
+    assert np.isnan(df["stop_max_loss"].iloc[0]) and df["stop_max_loss"].iloc[2] == 0.5  # exact: copied value
+
+
+def _real_monitor(x, y):
+    loader = TensorLoader(x[:30], y[:30], 15)
+    return lambda c: float(L.evaluate_path(c, loader, None, ts=[0.25, 0.5, 0.75])["train_loss"].max(skipna=False))
+
+
+def test_stop_rule_off_by_default_and_monitor_leaves_the_fit_unchanged(tmp_path):
+    curve, x, y = _fit_setup()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10, shuffle=True), epochs=3, lr=0.05, seed=3, out_dir=tmp_path / "off")
+    assert not {"stop_max_loss", "stopped"} & set(df.columns)
+    assert "stop" not in load_checkpoint(tmp_path / "off" / "curve.pt")["meta"]["fit_key"]
+    # the rule on but never firing (a negative tolerance is not allowed; patience above the epochs):
+    # evaluating the monitor (BN recomputed, eval mode) must not change a single bit of the fit
+    on, df_on = _monitored_fit(tmp_path, _real_monitor(x, y), {"min_delta": 0.0, "patience": 5}, epochs=3, name="on")
+    assert torch.equal(on.bends.detach(), curve.bends.detach())  # exact: same ops in the same order on CPU
+    assert df_on["train_loss"].tolist() == df["train_loss"].tolist()  # exact: same
+    assert np.isfinite(df_on["stop_max_loss"]).all()
+
+
+def test_stop_rule_resumes_to_the_same_stop(tmp_path):
+    curve, x, y = _fit_setup()
+    stop = {"min_delta": 10.0, "patience": 2}      # no check can improve by 10 nats: stop after epoch 3
+    ref, df_ref = _monitored_fit(tmp_path, _real_monitor(x, y), stop, name="ref")
+    with pytest.raises(KeyboardInterrupt):        # killed in epoch 3 (6 batches per epoch)
+        _monitored_fit(tmp_path, _real_monitor(x, y), stop, fail_after=15, name="b")
+    assert (tmp_path / "b" / "resume.pt").exists()
+    again, df_b = _monitored_fit(tmp_path, _real_monitor(x, y), stop, name="b")
+    assert df_ref["epoch"].tolist() == df_b["epoch"].tolist() == [1, 2, 3]
+    assert torch.equal(ref.bends.detach(), again.bends.detach())  # exact: same-process resume (deterministic CPU ops)
+    pd.testing.assert_frame_equal(df_ref.drop(columns=["wall_s", "images_per_s"]),
+                                  df_b.drop(columns=["wall_s", "images_per_s"]))  # exact: same values restored
+    with pytest.raises(ConfigError, match="stop.min_delta"):
+        C.fit_curve(curve, TensorLoader(x, y, 10), epochs=2, lr=0.05, stop={"patience": 2}, monitor=lambda c: 0.0)
+    with pytest.raises(ConfigError, match="needs a monitor"):
+        C.fit_curve(curve, TensorLoader(x, y, 10), epochs=2, lr=0.05, stop={"min_delta": 0.1})
 
 
 def test_garipov_schedule():

@@ -20,7 +20,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -91,6 +91,38 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(cfg).__name__}")
     validate_config(cfg)
     return cfg
+
+
+def retype_cli_values(config: dict, overrides: Any) -> None:
+    """Read the values given with ``snakemake --config`` as YAML, as if they came from a config file.
+
+    Snakemake types a top-level ``--config key=value`` (int, float, bool) but reads a nested one
+    (``--config 'data={train_per_class: 5}'``) with YAML's BaseLoader, which keeps every scalar a
+    string: the schema would then refuse ``'5'`` for an integer. Each string that ``overrides``
+    (Snakemake's ``workflow.config_settings.config``) put into ``config`` is re-read with
+    ``yaml.safe_load`` in place ("5" -> 5, "null" -> None, "[1, 2]" -> a list); other values are
+    left alone. A value meant as a string that reads as another type can be quoted twice.
+    """
+    if not isinstance(overrides, Mapping) or not isinstance(config, dict):
+        return
+    for key, given in overrides.items():
+        if key not in config:
+            continue
+        if isinstance(given, Mapping):
+            retype_cli_values(config[key], given)
+        elif isinstance(given, (str, list)) and config[key] == given:
+            config[key] = _safe_scalar(given)
+
+
+def _safe_scalar(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_safe_scalar(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _safe_scalar(x) for k, x in v.items()}
+    try:
+        return yaml.safe_load(v) if isinstance(v, str) else v
+    except yaml.YAMLError:
+        return v
 
 
 def _key(path: Iterable[Any]) -> str:

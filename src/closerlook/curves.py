@@ -58,7 +58,13 @@ FIT_DEFAULTS: dict[str, Any] = {
     "kind": "bezier", "num_bends": 3, "epochs": 10, "lr": 0.015, "weight_decay": 5.0e-4, "momentum": 0.9,
     "batch_size": 128, "t_per_batch": 1, "augment": False, "schedule": "garipov",
     "resume": True, "checkpoint_epochs": [], "resume_every": 200,
+    "stop": None,   # optional stopping rule (STOP_DEFAULTS keys); None: always the full ``epochs``
 }
+# The stopping rule: after each epoch (every ``every`` epochs) the max training loss over ``ts`` on the
+# first ``images`` training images (unaugmented, BN recomputed) is measured; the fit stops once that
+# max has not fallen by more than ``min_delta`` nats below its best so far for ``patience`` checks.
+# ``min_delta`` has no default (it sets the tolerance): the rule is on only when given.
+STOP_DEFAULTS: dict[str, Any] = {"ts": [0.25, 0.5, 0.75], "images": 500, "patience": 3, "every": 1}
 
 
 class CurveError(CloserlookError, ValueError):
@@ -334,7 +340,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
               wd: float = FIT_DEFAULTS["weight_decay"], t_per_batch: int = 1, schedule: str | Callable = "garipov",
               out_dir: str | Path | None = None, resume: bool = True, seed: int = 0, device: Any = None,
               resume_every: int | None = FIT_DEFAULTS["resume_every"], checkpoint_epochs: Sequence[int] = (),
-              meta: dict | None = None, log: Callable[[str], None] | None = None):
+              meta: dict | None = None, log: Callable[[str], None] | None = None,
+              stop: Mapping | None = None, monitor: Callable[["Curve"], float] | None = None):
     """Train the bends of ``curve`` on ``loader`` (a ``DeviceLoader`` or any iterable of (x, y)).
 
     One t ~ U(0, 1) per minibatch (``t_per_batch`` > 1: several, losses
@@ -348,6 +355,12 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     with ``curve: {kind, num_bends}``) and an atomic ``resume.pt`` every
     ``resume_every`` iterations and at each epoch end, so a killed fit
     restarted with ``resume=True`` gives the same bends. Returns the metrics DataFrame.
+
+    ``stop`` (optional, :data:`STOP_DEFAULTS` keys + ``min_delta``) with ``monitor`` (curve -> the
+    max loss over the rule's fixed t values on its fixed subset): the fit ends early once the
+    monitored value has not fallen more than ``min_delta`` below its best for ``patience``
+    checks; the rows then carry ``stop_max_loss``, ``stop_best``, ``stop_wait``, ``stopped``.
+    The decision is a function of the saved rows, so a resumed fit stops where an uninterrupted one does.
     """
     if curve.num_bends < 3:
         raise ConfigError(f"fit_curve: a {curve.kind} with {curve.num_bends} control points has no bend to train")
@@ -367,6 +380,9 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
                "schedule": schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "callable"),
                "seed": int(seed), "batches_per_epoch": _loader_len(loader),
                "start_sum": float(curve.start_params.double().sum()), "end_sum": float(curve.end_params.double().sum())}
+    rule = _stop_rule(stop, monitor)
+    if rule is not None:
+        fit_key["stop"] = rule
     base_meta = {**(meta or {})}
     base_meta.setdefault("curve", {"kind": curve.kind, "num_bends": curve.num_bends})
     base_meta.setdefault("seed", seed)
@@ -376,12 +392,13 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         if done is not None:
             return done
     fit = _Fit(curve, torch.optim.SGD([curve.bends], lr=lr, momentum=momentum, weight_decay=0.0),
-               torch.Generator().manual_seed(int(seed)), out, resumable.fingerprint(fit_key), base_meta)
+               torch.Generator().manual_seed(int(seed)), out, resumable.fingerprint(fit_key), base_meta,
+               rule, monitor)
     torch.manual_seed(int(seed))
     if out is not None and resume:
         fit.restore(say)
     curve.train()
-    while fit.epoch < epochs and fit.status == "ok":
+    while fit.epoch < epochs and fit.status == "ok" and not fit.stopped:
         lr_e = lr * _lr_factor(schedule, fit.epoch, epochs)
         for g in fit.opt.param_groups:
             g["lr"] = lr_e
@@ -393,6 +410,38 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         write_csv(df, out / "metrics.csv")
         (out / "resume.pt").unlink(missing_ok=True)  # the final outputs exist: never needed again
     return df
+
+
+def _stop_rule(stop: Mapping | None, monitor: Callable | None) -> dict | None:
+    """The stopping rule completed with :data:`STOP_DEFAULTS` (checked), or None when off."""
+    if stop is None:
+        return None
+    unknown = sorted(set(stop) - set(STOP_DEFAULTS) - {"min_delta"})
+    if unknown:
+        raise ConfigError(f"stop: unknown key(s) {', '.join(unknown)} (known: min_delta, {', '.join(STOP_DEFAULTS)})")
+    rule = {**STOP_DEFAULTS, **stop}
+    if not isinstance(rule.get("min_delta"), (int, float)) or isinstance(rule["min_delta"], bool) \
+            or not math.isfinite(rule["min_delta"]) or rule["min_delta"] < 0:
+        raise ConfigError(f"stop.min_delta: must be a number >= 0 (nats), got {rule.get('min_delta')!r}")
+    for k in ("patience", "every", "images"):
+        if isinstance(rule[k], bool) or not isinstance(rule[k], int) or rule[k] < 1:
+            raise ConfigError(f"stop.{k}: must be an integer >= 1, got {rule[k]!r}")
+    if monitor is None:
+        raise ConfigError("stop: a stopping rule needs a monitor (curve -> max loss over the rule's t values)")
+    rule["ts"] = [check_t(t) for t in rule["ts"]]
+    if not rule["ts"]:
+        raise ConfigError("stop.ts: needs at least one t value")
+    rule["min_delta"] = float(rule["min_delta"])
+    return rule
+
+
+def stop_update(best: float, wait: int, value: float, min_delta: float) -> tuple[float, int]:
+    """One check of the stopping rule: (best, checks since the best) after ``value``. A value counts as
+    better only when it lies more than ``min_delta`` below the best so far (Keras EarlyStopping's
+    rule); a non-finite value never does."""
+    if math.isfinite(value) and value < best - min_delta:
+        return value, 0
+    return best, wait + 1
 
 
 def _finished_fit(curve: Curve, out: Path, fit_key: dict, say) -> pd.DataFrame | None:
@@ -412,11 +461,34 @@ def _finished_fit(curve: Curve, out: Path, fit_key: dict, say) -> pd.DataFrame |
 class _Fit:
     """The state of one curve fit: what resume.pt saves, one epoch of batches, the epoch's metrics row."""
 
-    def __init__(self, curve: Curve, opt, gen: torch.Generator, out: Path | None, key: str, meta: dict) -> None:
+    def __init__(self, curve: Curve, opt, gen: torch.Generator, out: Path | None, key: str, meta: dict,
+                 rule: dict | None = None, monitor: Callable | None = None) -> None:
         self.curve, self.opt, self.gen, self.out, self.key, self.meta = curve, opt, gen, out, key, meta
+        self.rule, self.monitor = rule, monitor
         self.epoch, self.batch, self.iteration, self.status = 0, 0, 0, "ok"
         self.rows: list[dict] = []
         self.acc = self._fresh_acc()
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.rows) and bool(self.rows[-1].get("stopped", False))
+
+    def _check_stop(self, r: dict) -> None:
+        """Add the stopping rule's columns to the epoch row ``r`` (a check every ``every`` epochs)."""
+        if self.rule is None:
+            return
+        nan = float("nan")
+        prev = self.rows[-1] if self.rows else {}
+        best = prev.get("stop_best", nan)
+        best, wait = (best if math.isfinite(best) else math.inf), int(prev.get("stop_wait", 0))
+        checked = r["epoch"] % self.rule["every"] == 0 and self.status == "ok"
+        r["stop_max_loss"] = nan
+        if checked:
+            r["stop_max_loss"] = float(self.monitor(self.curve))
+            self.curve.train()  # the monitor evaluates in eval mode; fitting goes on in training mode
+            best, wait = stop_update(best, wait, r["stop_max_loss"], self.rule["min_delta"])
+        r["stop_best"], r["stop_wait"] = (best if math.isfinite(best) else nan), wait
+        r["stopped"] = bool(checked and wait >= self.rule["patience"])
 
     @staticmethod
     def _fresh_acc() -> dict:
@@ -489,9 +561,12 @@ class _Fit:
              "train_loss": a["loss"] / nimg if nimg else nan, "train_acc": a["correct"] / a["n"] if a["n"] else nan,
              "reg": a["reg"] / nimg if nimg else nan, "wall_s": a["wall"],
              "images_per_s": nimg / a["wall"] if a["wall"] > 0 else nan, "status": self.status}
+        self._check_stop(r)
         self.rows.append(r)
         say(f"epoch {r['epoch']}/{epochs} lr={lr_e:.4g} train_loss={r['train_loss']:.4f} "
-            f"train_acc={r['train_acc']:.4f} reg={r['reg']:.4f} {r['wall_s']:.1f}s")
+            f"train_acc={r['train_acc']:.4f} reg={r['reg']:.4f} {r['wall_s']:.1f}s"
+            + (f" stop_max_loss={r['stop_max_loss']:.4f} wait={r['stop_wait']}" if "stop_wait" in r else "")
+            + (" -> stopped (no improvement)" if r.get("stopped") else ""))
         self.epoch, self.batch, self.acc = self.epoch + 1, 0, self._fresh_acc()
         if self.out is not None:
             write_csv(pd.DataFrame(self.rows), self.out / "metrics.csv")
@@ -585,6 +660,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--checkpoint-epochs", type=int, nargs="*", default=[])
+    f.add_argument("--stop-min-delta", type=float, default=None,
+                   help="turn the stopping rule on: stop when the max loss over --stop-ts has not fallen by more "
+                        "than this (nats) for --stop-patience checks")
+    sd = STOP_DEFAULTS
+    for flag, key in (("--stop-patience", "patience"), ("--stop-every", "every"), ("--stop-images", "images")):
+        f.add_argument(flag, type=int, default=sd[key])
+    f.add_argument("--stop-ts", type=float, nargs="+", default=sd["ts"])
     _add_data_args(f)
     e = sub.add_parser("evaluate", help="evaluate a fitted curve or the straight line")
     for flag in ("--start", "--end"):
@@ -648,7 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "momentum": args.momentum, "weight_decay": args.wd, "batch_size": args.batch_size,
                         "t_per_batch": args.t_per_batch, "schedule": args.schedule, "augment": augment,
                         "resume": not args.no_resume, "checkpoint_epochs": args.checkpoint_epochs,
-                        "resume_every": args.resume_every}
+                        "resume_every": args.resume_every, "stop": None}
+            if args.stop_min_delta is not None:
+                settings["stop"] = {"min_delta": args.stop_min_delta, "patience": args.stop_patience,
+                                    "every": args.stop_every, "images": args.stop_images, "ts": args.stop_ts}
             stages.fit_curve(args.start, args.end, args.out, settings, data, seed=args.seed, device=args.device, log=log,
                              factories=allow)
         elif args.cmd == "evaluate":

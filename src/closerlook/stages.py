@@ -123,13 +123,31 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
         fit = {"epochs": s["epochs"], "lr": s["lr"], "wd": s["weight_decay"], "momentum": s["momentum"],
                "batch_size": s["batch_size"], "t_per_batch": s["t_per_batch"], "schedule": s["schedule"],
                "augment": bool(s["augment"]), "data": d}
+        if s["stop"] is not None:
+            fit["stop"] = dict(s["stop"])
         meta = {"run": f"curve:{Path(start).stem}-{Path(end).stem}", "model": a["meta"].get("model"),
                 "data": a["meta"].get("data"), "start": str(start), "end": str(end), "fit": fit}
         curves.fit_curve(curve, loader, epochs=s["epochs"], lr=s["lr"], momentum=s["momentum"], wd=s["weight_decay"],
                          t_per_batch=s["t_per_batch"], schedule=s["schedule"], out_dir=outd, resume=s["resume"],
                          seed=seed, checkpoint_epochs=s["checkpoint_epochs"], meta=meta, log=log,
-                         resume_every=s["resume_every"])
+                         resume_every=s["resume_every"], stop=s["stop"],
+                         monitor=_stop_monitor(s, xtr, ytr, info, dev))
     publish(outd, outputs)
+
+
+def _stop_monitor(s: Mapping, xtr, ytr, info: Mapping, device) -> Callable | None:
+    """The curve-fitting stopping rule's measure: max training loss over its t values on the first
+    ``images`` training images (unaugmented, in order, BN recomputed on them at each t)."""
+    if s["stop"] is None:
+        return None
+    rule = {**curves.STOP_DEFAULTS, **s["stop"]}
+    n = int(rule["images"])
+    loader = DeviceLoader(xtr[:n], ytr[:n], s.get("eval_batch_size", landscape.EVAL_BATCH_SIZE), mean=info["mean"],
+                          std=info["std"], device=device, augment=False, shuffle=False, seed=0, drop_last=False)
+
+    def monitor(curve) -> float:
+        return float(landscape.evaluate_path(curve, loader, None, ts=rule["ts"])["train_loss"].max(skipna=False))
+    return monitor
 
 
 def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,

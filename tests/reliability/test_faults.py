@@ -101,24 +101,32 @@ def _fit_cmd(runs, out, epochs):
             "--test-per-class", str(d["test_per_class"]), "--device", "cpu", "--threads", str(THREADS)]
 
 
-def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsys):
+# the stopping rule on (checked every epoch, never firing: patience above the epochs) adds its
+# monitor to every epoch end; a resumed fit must still equal the uninterrupted one bit for bit
+_STOP_ARGS = ["--stop-min-delta", "0", "--stop-patience", "100", "--stop-images", "100"]
+
+
+@pytest.mark.parametrize("extra", [[], _STOP_ARGS], ids=["plain", "stop_rule"])
+def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsys, extra):
     epochs = 8  # 20 batches per epoch: 160 iterations, a few seconds
     out = tmp_path / "killed"
-    p = subprocess.Popen(_fit_cmd(runs, out, epochs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fit_cmd = lambda o, e: _fit_cmd(runs, o, e) + extra  # noqa: E731
+    p = subprocess.Popen(fit_cmd(out, epochs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # kill mid-epoch once the resume state is past epoch 2
     _poll_kill(p, lambda: _resume_iter(out / "resume.pt", lambda r: r["iteration"]) >= 45)
     assert p.returncode == -signal.SIGKILL
     assert (out / "resume.pt").exists() and not (out / "curve.pt").exists()
     from closerlook import curves
-    assert curves.main(_fit_cmd(runs, out, epochs)[3:]) == 0     # rerun, in-process
+    assert curves.main(fit_cmd(out, epochs)[3:]) == 0     # rerun, in-process
     assert "resumed from" in capsys.readouterr().err
     ref = tmp_path / "ref"
-    assert curves.main(_fit_cmd(runs, ref, epochs)[3:]) == 0     # uninterrupted reference
+    assert curves.main(fit_cmd(ref, epochs)[3:]) == 0     # uninterrupted reference
     a, b = io.load_checkpoint(ref / "curve.pt"), io.load_checkpoint(out / "curve.pt")
     _tensors_equal(a["model"], b["model"])
     assert a["meta"]["iteration"] == b["meta"]["iteration"] == epochs * 20
     assert not (out / "resume.pt").exists()
     cols = ["epoch", "iteration", "lr", "train_loss", "train_acc", "reg", "status"]
+    cols += ["stop_max_loss", "stop_best", "stop_wait", "stopped"] if extra else []
     import pandas as pd
     pd.testing.assert_frame_equal(pd.read_csv(ref / "metrics.csv")[cols], pd.read_csv(out / "metrics.csv")[cols])  # exact: same-CPU resume
 

@@ -24,6 +24,8 @@ for _cf in workflow.configfiles:
     except ConfigError as _exc:
         raise ValueError(f"invalid configuration: {_exc}") from None
 
+# nested `--config` values arrive as strings (BaseLoader): read them as YAML before validating
+C.retype_cli_values(config, workflow.config_settings.config)
 validate(config, schema="../schemas/config.schema.yaml", set_default=False)
 try:
     C.validate_config(config)
