@@ -53,7 +53,7 @@ def test_gpu_smoke_plans_every_stage(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     out = r.stdout + r.stderr
     cfg = yaml.safe_load(SMOKE.read_text())
-    for rule in [f"train_{run}" for run in cfg["runs"]] + ["fit_curve", "evaluate_path", "plane",
+    for rule in [f"train_{run}" for run in cfg["runs"]] + ["fit_curve", "evaluate_paths", "plane",
                                                            "extract_activations", "similarity", "figure", "claims"]:
         assert rule in out, f"{rule} missing from the plan:\n{out[-3000:]}"
 

@@ -173,6 +173,17 @@ def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mappi
     write_csv(landscape.evaluate_path(path, tr, te, ts=s["points"], bn_batches=s["bn_batches"], log=log), out)
 
 
+def evaluate_paths(start: str, curve_end: str, line_end: str, curve: str, outputs: Mapping[str, str],
+                   settings: Mapping, data: Mapping, device: Any = "auto", log: Log = print,
+                   factories: Sequence[str] = ()) -> None:
+    """``outputs["curve"]`` and ``outputs["line"]`` of one curve instance in one job: a job's start-up
+    (Python, torch, the data cache) costs about as much as one path's evaluation at demo scale.
+    ``curve_end`` is the end the curve was fitted to (aligned when the curve aligns), ``line_end`` the raw one."""
+    evaluate_path(start, curve_end, outputs["curve"], settings, data, curve=curve, device=device, log=log,
+                  factories=factories)
+    evaluate_path(start, line_end, outputs["line"], settings, data, device=device, log=log, factories=factories)
+
+
 def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Mapping, project: Sequence[str] = (),
           labels: Sequence[str] | None = None, device: Any = "auto", log: Log = print,
           factories: Sequence[str] = ()) -> None:

@@ -28,17 +28,18 @@ rule fit_curve:
         "../../scripts/fit_curve.py"
 
 
-rule evaluate_path:
+rule evaluate_paths:
     input:
-        unpack(_path_inputs),
+        unpack(_paths_inputs),
         data=DATA_CACHE,
     output:
-        P.path_table(R, "{curve}", "{inst}", "{path}"),
+        curve=P.path_table(R, "{curve}", "{inst}", "curve"),
+        line=P.path_table(R, "{curve}", "{inst}", "line"),
     params:
         settings=lambda wc: C.curve_settings(config, wc.curve),
         data=DATA,
     log:
-        P.log(R, "curves", "{curve}", "{inst}-{path}"),
+        P.log(R, "curves", "{curve}", "{inst}-paths"),
     threads: res("curves", "threads", 1)
     resources:
         gpu=GPU,
@@ -47,7 +48,7 @@ rule evaluate_path:
     conda:
         ENV
     script:
-        "../../scripts/evaluate_path.py"
+        "../../scripts/evaluate_paths.py"
 
 
 rule plane:
