@@ -94,6 +94,14 @@ def _curve_ends(curve, inst, raw=False):
     return {"start": ckpt(a), "end": ckpt(b) if raw else C.curve_end(config, curve, inst)}
 
 
+def _path_inputs(wc):
+    """One path of a curve instance (``wc.path``: curve or line; the line joins the raw end)."""
+    d = _curve_ends(wc.curve, wc.inst, raw=wc.path == "line")
+    if wc.path == "curve":
+        d["curve"] = P.curve_file(R, wc.curve, wc.inst, "curve.pt")
+    return d
+
+
 def _paths_inputs(wc):
     """Curve and line of one instance: the curve's end may be aligned, the line joins the raw end."""
     d = _curve_ends(wc.curve, wc.inst)
