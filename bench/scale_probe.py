@@ -10,9 +10,11 @@ seed of the same recipe (the two-seed positive control: final vs final), then:
 
 Every path is measured on a FIXED, STRATIFIED, UNAUGMENTED subset of the training subset
 (``--eval-per-class`` images of each class, drawn with seed 123), in eval mode, BN statistics
-recomputed on that subset at every point (``closerlook.landscape.evaluate_path``). Stratified on
-purpose: ``cifar10_jpeg`` stores its images sorted by class, so "the first N training images"
-would be one or two classes.
+recomputed on that subset at every point (``closerlook.landscape.evaluate_path``). Stratified:
+exactly ``--eval-per-class`` images of every class, drawn independently of the stored order (the
+probes of docs/SCALE-STUDY.md ran when ``cifar10_jpeg`` was stored sorted by class, where "the
+first N images" would have been one or two classes; it is now stored class-mixed, but the
+training subset it draws from, and so every probe number, depends on that order).
 
 Barrier = max_t loss(t) - max(loss(0), loss(1)) (the definition of ``closerlook.claims``).
 Times: wall seconds and this process's CPU seconds (the machine is shared; single-threaded CPU

@@ -141,6 +141,18 @@ def test_bn_fallback_config_covers_experiments_4_to_6_with_bn():
     assert all(C.resolve_run(cfg, r)["model"]["batch_norm"] for r in C.run_names(cfg))
 
 
+def test_data_source_names_the_folder_order_only_for_folder_sets(demo):
+    # the prepare_data rule's params: unchanged for Fashion-MNIST (its caches and results are not re-run),
+    # plus the stored order for folder sets (a class-sorted cache of an older closerlook re-runs the job)
+    from closerlook import data
+
+    assert C.data_source(demo) == {k: demo["data"].get(k) for k in ("name", "root", "download")}
+    folder = copy.deepcopy(demo)
+    folder["data"].update(name="cifar10_jpeg", root=None)
+    assert C.data_source(folder) == {"name": "cifar10_jpeg", "root": None, "download": demo["data"].get("download"),
+                                     "order": data.FOLDER_ORDER}
+
+
 def test_run_spec_merges_defaults_shallowly(demo):
     adam = C.run_spec(demo, "adam", 0)
     assert adam["optimizer"] == {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0}  # no SGD momentum inherited

@@ -1,3 +1,4 @@
+import gzip
 import zipfile
 from pathlib import Path
 
@@ -40,6 +41,47 @@ def test_fashion_mnist_shapes_and_cache(fmnist, fmnist_dir, data_cache):
     # the pixel statistics match the published normalisation constants
     assert x.float().div(255).mean().item() == pytest.approx(0.2860, abs=1e-3)
     assert dataset_info("fashion_mnist") == info
+
+
+def test_fashion_mnist_order_and_cache_are_untouched_by_the_folder_order(fmnist, fmnist_dir, data_cache):
+    # Fashion-MNIST is stored in its files' own (class-mixed) order: the images are the idx file's
+    # bytes as they lie, read here without closerlook's reader
+    x, y, _ = fmnist
+    with gzip.open(fmnist_dir / "train-images-idx3-ubyte.gz", "rb") as fh:
+        raw = np.frombuffer(fh.read(), dtype=np.uint8, offset=16)
+    assert np.array_equal(x.numpy().reshape(-1), raw)
+    # golden: the probe fingerprint of the first 1,000 images as main computed it before the folder
+    # order existed (commit 42b48a0, same Debian files): the probe sets of earlier results still match
+    assert probe_fingerprint(probe_set(x, 1000)) == "ce9fde1d2304c384"
+    # the cache holds exactly the keys of the format written before "order": old caches stay valid
+    cached = torch.load(data_cache / "fashion_mnist-train.pt", weights_only=True)
+    assert set(cached) == {"format", "source", "images", "labels", "info"}
+    assert data.stored_order("fashion_mnist") == data.SOURCE_ORDER == data.stored_order("torchvision:MNIST")
+    assert data.stored_order("cifar10") == data.SOURCE_ORDER
+
+
+def test_cifar10_torchvision_keeps_the_file_order(tmp_path, monkeypatch):
+    # torchvision's CIFAR-10 batches are read in file order (no re-ordering): a fake
+    # cifar-10-batches-py with a known label sequence (md5 checks bypassed: the files are fakes)
+    import pickle
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name, _ in tv_cifar.CIFAR10.train_list + tv_cifar.CIFAR10.test_list:
+        batches[name] = {"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), "labels": [0, 0, 0, 9, 9, 9]}
+        (d / name).write_bytes(pickle.dumps(batches[name]))
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": data.CIFAR10_CLASSES}))
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    x, y, _ = load_split("cifar10", "train", root=tmp_path, cache_dir=tmp_path / "cache", download=False)
+    expect = np.concatenate([batches[n]["data"] for n, _ in tv_cifar.CIFAR10.train_list])
+    assert y.tolist() == [0, 0, 0, 9, 9, 9] * 5  # class-sorted within a batch, kept as the files have it
+    assert np.array_equal(x.numpy().reshape(30, 3072), expect)
+    assert "order" not in torch.load(tmp_path / "cache" / "cifar10-train.pt", weights_only=True)
 
 
 def test_fashion_mnist_default_root_is_debian_package(fmnist, fmnist_dir):
@@ -89,8 +131,35 @@ def test_cifar10_jpeg_zip(cifar_jpeg, data_cache):
     assert mean.tolist() == pytest.approx([0.4913, 0.4821, 0.4465], abs=2e-4)
     assert (data_cache / "cifar10_jpeg-train.pt").exists()
     assert dataset_info("cifar10_jpeg") == info
-    # file NNNN of a class is its NNNN-th image: label order is class-major
-    assert y[:5000].eq(0).all() and y[-5000:].eq(9).all()
+
+
+def test_cifar10_jpeg_first_images_are_class_mixed(cifar_jpeg, data_cache):
+    # the zip lists its files class by class; the stored order is FOLDER_ORDER's permutation, so
+    # "the first N images" (probe set, eval_train_images) is a class-mixed sample
+    x, y, _ = cifar_jpeg
+    counts = torch.bincount(y[:1000], minlength=10)
+    # 1,000 draws without replacement from 10 x 5,000: each count is ~100 +- 9.5 (hypergeometric sd);
+    # 60..140 is more than 4 sd either side, yet would fail for any order with a class under-represented
+    assert counts.min() >= 60 and counts.max() <= 140, counts.tolist()
+    assert torch.bincount(y[:100], minlength=10).min() >= 1  # even the first 100 hold every class
+    # golden: the first labels of the stored order (torch CPU randperm, seed FOLDER_ORDER_SEED): pins
+    # the order across machines and torch versions (a change here changes every folder cache)
+    assert y[:20].tolist() == [5, 0, 4, 6, 0, 5, 5, 4, 8, 3, 0, 1, 0, 3, 1, 0, 6, 9, 6, 7]
+    # a stratified subset keeps the stored order: its first images are class-mixed too
+    idx = stratified_subset(y, 250, seed=0)
+    assert torch.bincount(y[idx][:1000], minlength=10).min() >= 60
+    cached = torch.load(data_cache / "cifar10_jpeg-train.pt", weights_only=True)
+    assert cached["order"] == data.FOLDER_ORDER
+
+
+def test_cifar10_jpeg_order_is_the_same_on_every_decode():
+    if not CIFAR_ZIP.exists():
+        pytest.skip(f"{CIFAR_ZIP} not present")
+    # the test split (10,000 images, ~2 s a decode), twice without a cache: bitwise the same
+    x1, y1, _ = load_split("cifar10_jpeg", "test")
+    x2, y2, _ = load_split("cifar10_jpeg", "test")
+    assert torch.equal(y1, y2) and torch.equal(x1, x2)
+    assert torch.bincount(y1[:1000], minlength=10).min() >= 60  # as for train: ~100 +- 9.5 each
 
 
 # ----------------------------------------------------------------------------- imagefolder (small, synthetic)
@@ -122,10 +191,15 @@ def test_imagefolder_dir_and_zip(tmp_path, as_zip):
     cache = tmp_path / "cache"
     x, y, info = load_split("imagefolder", "train", root=root, cache_dir=cache)
     assert info["classes"] == ["a_cls", "b_cls"]  # sorted like torchvision
-    assert y.tolist() == [0, 0, 0, 1, 1, 1]
     assert x.shape == (6, 3, 8, 8)
-    assert np.array_equal(x[0].permute(1, 2, 0).numpy(), arrays[("train", "a_cls", 0)])
-    assert np.array_equal(x[5].permute(1, 2, 0).numpy(), arrays[("train", "b_cls", 2)])
+    # stored order: the files sorted by (class, name), permuted by FOLDER_ORDER's randperm
+    files = [(c, i) for c in info["classes"] for i in range(3)]
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(data.FOLDER_ORDER_SEED)).tolist()
+    assert perm != sorted(perm)  # the check below would not see a missing permutation otherwise
+    for k, j in enumerate(perm):
+        c, i = files[j]
+        assert y[k] == info["classes"].index(c)
+        assert np.array_equal(x[k].permute(1, 2, 0).numpy(), arrays[("train", c, i)])
     expect_mean = x.double().div(255).mean(dim=(0, 2, 3))
     expect_std = x.double().div(255).std(dim=(0, 2, 3), unbiased=False)
     assert info["mean"] == pytest.approx(expect_mean.tolist()) and info["std"] == pytest.approx(expect_std.tolist())
@@ -133,6 +207,42 @@ def test_imagefolder_dir_and_zip(tmp_path, as_zip):
     assert xt.shape == (6, 3, 8, 8) and info_t["mean"] == info["mean"]  # train statistics
     assert (cache / "imagefolder-train.pt").exists() and (cache / "imagefolder-test.pt").exists()
     assert dataset_info("imagefolder", root=root, cache_dir=cache) == info
+
+
+def test_imagefolder_first_images_are_class_mixed_and_the_order_is_fixed(tmp_path):
+    # 10 classes x 20 tiny images: a class-sorted order would put one class in the first 20
+    classes = [f"c{k}" for k in range(10)]
+    _make_tree(tmp_path / "tree", classes=classes, per=20, size=4)
+    root = tmp_path / "tree.zip"
+    with zipfile.ZipFile(root, "w") as zf:
+        for p in sorted((tmp_path / "tree").rglob("*.png"), reverse=True):  # member order must not matter
+            zf.write(p, p.relative_to(tmp_path / "tree").as_posix())
+    x, y, _ = load_split("imagefolder", "train", root=tmp_path / "tree")
+    assert len(y[:20].unique()) >= 5  # deterministic (fixed seed); sorted storage would give 1
+    x2, y2, _ = load_split("imagefolder", "train", root=tmp_path / "tree")
+    xz, yz, _ = load_split("imagefolder", "train", root=root)
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # every decode: the same order
+    assert torch.equal(x, xz) and torch.equal(y, yz)  # directory and zip alike
+
+
+def test_class_sorted_cache_of_an_older_closerlook_is_re_decoded(tmp_path):
+    _make_tree(tmp_path / "tree", classes=[f"c{k}" for k in range(4)], per=4, size=4)
+    cache = tmp_path / "cache"
+    x, y, info = load_split("imagefolder", "train", root=tmp_path / "tree", cache_dir=cache)
+    f = cache / "imagefolder-train.pt"
+    entry = torch.load(f, weights_only=True)
+    assert entry["order"] == data.FOLDER_ORDER
+    # what closerlook wrote before the folder order: no "order" key, images sorted by class
+    srt = torch.sort(y, stable=True).indices
+    old = {k: v for k, v in entry.items() if k != "order"} | {"images": x[srt], "labels": y[srt]}
+    torch.save(old, f)
+    with pytest.warns(UserWarning, match="class-sorted folder order of an older closerlook.*re-decoding"):
+        x2, y2, _ = load_split("imagefolder", "train", root=tmp_path / "tree", cache_dir=cache)
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+    assert torch.load(f, weights_only=True)["order"] == data.FOLDER_ORDER  # rewritten in the new order
+    torch.save(old | {"order": "class-mixed/randperm-seed1"}, f)  # another order tag: re-decoded too
+    with pytest.warns(UserWarning, match="randperm-seed1"):
+        assert torch.equal(load_split("imagefolder", "train", root=tmp_path / "tree", cache_dir=cache)[1], y)
 
 
 def test_imagefolder_grey_converted_to_rgb(tmp_path):

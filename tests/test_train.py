@@ -3,6 +3,7 @@ import copy
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -177,6 +178,39 @@ def test_outputs_metrics_and_determinism(spec, tmp_path):
     assert float(rows[0]["lr"]) == pytest.approx(1e-4) and rows[1]["iteration"] == "20"
     assert lines[0].startswith("epoch 1/2 it 10 lr ") and "img/s" in lines[0]
     assert json.loads((tmp_path / "a" / "status.json").read_text())["status"] == "ok"
+
+
+def test_finished_run_on_a_class_sorted_folder_cache_is_not_reused(spec, tmp_path):
+    # a run finished by closerlook before the folder order (status.json holds the hash of that time,
+    # which had no data order in it) is trained again; a Fashion-MNIST run keeps its hash and is reused
+    from PIL import Image
+
+    from closerlook.resume import fingerprint
+    from closerlook.spec import HASH_IGNORES, spec_hash
+
+    def old_hash(s):  # spec_hash as it was (commit 42b48a0)
+        return fingerprint({k: v for k, v in s.items() if k not in HASH_IGNORES})
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            d = tmp_path / "tree" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
+    folder = dict(spec, data={"name": "imagefolder", "root": str(tmp_path / "tree"), "cache_dir": None,
+                              "train_per_class": None, "test_per_class": None, "subset_seed": 0},
+                  checkpoints={"epochs": [], "iterations": []}, batch_size=10)
+    for s, reused in ((folder, False), (dict(spec, checkpoints={"epochs": [], "iterations": []}), True)):
+        v = validate_run_spec(s)
+        assert (spec_hash(v) == old_hash(v)) is reused
+        out = tmp_path / s["data"]["name"]
+        train_run(s, out, progress=None)
+        st = json.loads((out / "status.json").read_text())
+        (out / "status.json").write_text(json.dumps(dict(st, spec_hash=old_hash(v))))
+        lines = []
+        train_run(s, out, progress=lines.append)
+        assert any("already complete" in m for m in lines) is reused, lines
 
 
 def test_divergence_is_recorded_cleanly(spec, tmp_path, capsys):

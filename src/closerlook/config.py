@@ -209,6 +209,18 @@ def data_spec(cfg: dict) -> dict:
     return d
 
 
+def data_source(cfg: dict) -> dict:
+    """The data-preparation job's params: ``{name, root, download}``, plus ``order`` for data sets
+    stored re-ordered (:func:`closerlook.data.stored_order`; the folder sets). A cache decoded in
+    another order then counts as changed params, so Snakemake re-runs the job and every job after it;
+    the other sets' params (and so their caches and results) are as before."""
+    from .data import SOURCE_ORDER, stored_order
+
+    src = {k: cfg["data"].get(k) for k in ("name", "root", "download")}
+    order = stored_order(src["name"])
+    return src if order == SOURCE_ORDER else {**src, "order": order}
+
+
 def probe_size(cfg: dict) -> int:
     from .data import PROBE_SIZE
 

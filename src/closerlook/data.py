@@ -9,8 +9,9 @@ Data sets (``load_split(name, split, root=None, cache_dir=None)``):
   ``/usr/share/datasets/fashion-mnist`` (the default when ``root`` is None).
 - ``imagefolder``: an ImageFolder tree (``root/{train,test}/<class>/*.jpg|png``)
   or a ``.zip`` of one, read straight from the zip. Images are converted to RGB
-  (like torchvision's loader); classes sorted, files sorted within a class.
-  mean/std are computed on the train split.
+  (like torchvision's loader); classes sorted (label = index in that list). The images are
+  stored in a fixed pseudo-random, class-mixed order (``FOLDER_ORDER``, below), not in the
+  class-by-class order of the folders. mean/std are computed on the train split.
 - ``cifar10_jpeg``: ``imagefolder`` with default root
   ``<repo>/../shared/data/cifar10-jpeg.zip`` and CIFAR-10 mean/std.
 - ``torchvision:<Class>`` (e.g. ``torchvision:SVHN``, ``torchvision:MNIST``): a class of
@@ -23,6 +24,17 @@ Data sets (``load_split(name, split, root=None, cache_dir=None)``):
 Each split is prepared once into ``{cache_dir}/{name}-{split}.pt`` (written
 atomically; a dict of tensors and plain values, loaded with
 ``weights_only=True``) and reused. ``cache_dir=None`` means no disk cache.
+
+Stored order. Downstream code takes "the first N images" as a sample (the probe set, the
+``eval_train_images`` of curves and planes, sharpness batches), and stratified subsets keep the
+stored order. CIFAR-10's and Fashion-MNIST's files come class-mixed and are stored as read, as
+are ``torchvision:<Class>`` sets (in the class's own order, which is not checked). Folder layouts
+come class by class, so ``imagefolder`` / ``cifar10_jpeg`` are stored permuted by
+``torch.randperm(N)`` of a CPU ``torch.Generator`` seeded with ``FOLDER_ORDER_SEED`` (N = images
+in the split), applied to the files sorted by (class, path): the same order on every machine and
+every decode, depending only on the file list. Caches of folder sets record that order
+(``FOLDER_ORDER``); a cache without it (the class-sorted order of closerlook before it) is
+re-decoded, with a warning.
 
 ``DeviceLoader`` keeps the whole set as one uint8 tensor on the device and does
 the crop (zero padding of the raw image, as torchvision's
@@ -50,6 +62,12 @@ import torch
 from .io import CheckpointError, CloserlookError, ConfigError, atomic_path, safe_torch_load
 
 CACHE_FORMAT = "closerlook-data/1"
+# the stored order of folder data sets (module docstring, "Stored order"); any fixed seed would do.
+# Changing either value changes every folder set's order: old caches are then re-decoded.
+FOLDER_ORDER_SEED = 20190506
+FOLDER_ORDER = f"class-mixed/randperm-seed{FOLDER_ORDER_SEED}"
+SOURCE_ORDER = "source"  # sets stored in the order of their files (what caches without an "order" hold)
+FOLDER_SETS = ("imagefolder", "cifar10_jpeg")
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -96,20 +114,28 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
     _check_name(name)
     if split not in SPLITS:
         raise ConfigError(f"data.split: unknown split {split!r} of data set {name!r}; known: {', '.join(SPLITS)}")
-    source = _source_id(name, root)
+    source, order = _source_id(name, root), stored_order(name)
     cache = None if cache_dir is None else Path(cache_dir) / f"{name}-{split}.pt"
     if cache is not None and cache.exists():
-        cached = _read_cache(cache, source)
+        cached = _read_cache(cache, source, order)
         if cached is not None:
             return cached
     images, labels, info = _prepare(name, split, root, cache_dir, download)
     images = images.contiguous()
     labels = labels.to(torch.int64).contiguous()
     if cache is not None:
+        entry = {"format": CACHE_FORMAT, "source": source, "images": images, "labels": labels, "info": info}
+        if order != SOURCE_ORDER:  # source-order caches keep the keys they had before "order" existed
+            entry["order"] = order
         with atomic_path(cache) as tmp:
-            torch.save({"format": CACHE_FORMAT, "source": source, "images": images,
-                        "labels": labels, "info": info}, tmp)
+            torch.save(entry, tmp)
     return images, labels, info
+
+
+def stored_order(name: str) -> str:
+    """How a data set's images are ordered in its cache: ``FOLDER_ORDER`` for the folder sets
+    (class-mixed permutation), ``SOURCE_ORDER`` (the files' own order) for the others."""
+    return FOLDER_ORDER if name in FOLDER_SETS else SOURCE_ORDER
 
 
 def dataset_info(name: str, root: str | os.PathLike | None = None,
@@ -133,6 +159,8 @@ def dataset_info(name: str, root: str | os.PathLike | None = None,
 def stratified_subset(labels: torch.Tensor, per_class: int | None, seed: int) -> torch.Tensor:
     """Sorted int64 indices: ``per_class`` random samples of every class (seeded).
 
+    Sorted, so the subset keeps the stored order (class-mixed for CIFAR-10, Fashion-MNIST and the
+    folder sets: see the module docstring), and its first N images are a class-mixed sample too.
     ``per_class=None`` returns all indices. A class with fewer than
     ``per_class`` samples is a ConfigError.
     """
@@ -344,7 +372,7 @@ def _source_id(name: str, root) -> str:
     return f"{name}:{Path(root).resolve()}"
 
 
-def _read_cache(path: Path, source: str):
+def _read_cache(path: Path, source: str, order: str):
     try:
         obj = safe_torch_load(path)
     except CheckpointError as exc:
@@ -355,6 +383,12 @@ def _read_cache(path: Path, source: str):
         return None
     if obj.get("source") != source:
         warnings.warn(f"{path}: cache was made from {obj.get('source')!r}, not {source!r}; rebuilding")
+        return None
+    held = obj.get("order", SOURCE_ORDER)
+    if held != order:
+        what = "the class-sorted folder order of an older closerlook" if held == SOURCE_ORDER else f"order {held!r}"
+        warnings.warn(f"{path}: cache holds {what}, not {order!r}; re-decoding (results computed from the "
+                      "old cache used a different order and different stratified subsets)")
         return None
     return obj["images"], obj["labels"], obj["info"]
 
@@ -540,7 +574,7 @@ def _load_imagefolder(root: Path, split: str, how_to_get: str = "") -> tuple[tor
         with zipfile.ZipFile(root) as zf:
             entries = _zip_entries(zf, root, split)
             classes = sorted({c for c, _ in entries})
-            return _decode(entries, classes, lambda m: zf.read(m), root)
+            return _decode(_class_mixed(entries), classes, lambda m: zf.read(m), root)
     split_dir = root / split
     if not split_dir.is_dir():
         raise CloserlookError(f"{split_dir}: missing split folder (expected {root}/{split}/<class>/*.jpg){hint}")
@@ -553,7 +587,14 @@ def _load_imagefolder(root: Path, split: str, how_to_get: str = "") -> tuple[tor
                     entries.append((c, os.path.join(dirpath, f)))
     if not entries:
         raise CloserlookError(f"{split_dir}: no images found (expected <class>/*.jpg|png){hint}")
-    return _decode(entries, classes, lambda p: Path(p).read_bytes(), root)
+    return _decode(_class_mixed(entries), classes, lambda p: Path(p).read_bytes(), root)
+
+
+def _class_mixed(entries: list) -> list:
+    """``entries`` (sorted by class, then path) in the stored folder order: ``FOLDER_ORDER``'s
+    fixed permutation (CPU generator: the same on every machine and device)."""
+    g = torch.Generator().manual_seed(FOLDER_ORDER_SEED)
+    return [entries[i] for i in torch.randperm(len(entries), generator=g).tolist()]
 
 
 def _zip_entries(zf: zipfile.ZipFile, root: Path, split: str) -> list[tuple[str, str]]:

@@ -89,8 +89,16 @@ def iters_per_epoch_for(spec: Mapping, n_train: int) -> int:
 
 
 def spec_hash(spec: Mapping) -> str:
-    """Fingerprint of everything that determines the trained weights (not device/threads/progress knobs)."""
-    return fingerprint({k: v for k, v in spec.items() if k not in HASH_IGNORES})
+    """Fingerprint of everything that determines the trained weights (not device/threads/progress knobs).
+
+    That includes the stored order of a re-ordered data set (:func:`closerlook.data.stored_order`:
+    the folder sets), so a finished run or resume state from the class-sorted folder caches of
+    before is not reused; for every other set the hash is what it was without it."""
+    key = {k: v for k, v in spec.items() if k not in HASH_IGNORES}
+    order = data.stored_order((spec.get("data") or {}).get("name"))
+    if order != data.SOURCE_ORDER:
+        key["data_order"] = order
+    return fingerprint(key)
 
 
 def validate_run_spec(spec: Mapping) -> dict:

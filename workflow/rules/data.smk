@@ -10,7 +10,7 @@ rule prepare_data:
     output:
         DATA_CACHE,
     params:
-        source={k: config["data"].get(k) for k in ("name", "root", "download")},
+        source=C.data_source(config),
         cache_dir=lambda wc, output: os.path.dirname(output[0]),
     log:
         P.data_log(DATA["cache_dir"], DATA["name"]),
