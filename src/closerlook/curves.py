@@ -43,20 +43,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from . import resume as resumable  # (`resume` is fit_curve's flag)
 from .data import batches_of
 from .io import CloserlookError, ConfigError, load_checkpoint, save_checkpoint
+from .curve_steps import T_SAMPLINGS, batch_gradient, point_loss, sample_ts  # noqa: F401  (re-exported)
 from .tables import write_csv
 
 KINDS = ("bezier", "polychain", "line")
 # Curve fitting: Garipov et al.'s recipe (dnn-mode-connectivity), the one owner of these defaults
 FIT_DEFAULTS: dict[str, Any] = {
     "kind": "bezier", "num_bends": 3, "epochs": 10, "lr": 0.015, "weight_decay": 5.0e-4, "momentum": 0.9,
-    "batch_size": 128, "t_per_batch": 1, "augment": False, "schedule": "garipov",
+    "batch_size": 128, "t_per_batch": 1, "t_sampling": "uniform", "t_split": False, "augment": False,
+    "schedule": "garipov",
     "resume": True, "checkpoint_epochs": [], "resume_every": 200,
     "stop": None,   # optional stopping rule (STOP_DEFAULTS keys); None: always the full ``epochs``
 }
@@ -338,6 +339,7 @@ def _loader_len(loader: Any) -> int | None:
 
 def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: float = FIT_DEFAULTS["momentum"],
               wd: float = FIT_DEFAULTS["weight_decay"], t_per_batch: int = 1, schedule: str | Callable = "garipov",
+              t_sampling: str = "uniform", t_split: bool = False,
               out_dir: str | Path | None = None, resume: bool = True, seed: int = 0, device: Any = None,
               resume_every: int | None = FIT_DEFAULTS["resume_every"], checkpoint_epochs: Sequence[int] = (),
               meta: dict | None = None, log: Callable[[str], None] | None = None,
@@ -345,7 +347,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     """Train the bends of ``curve`` on ``loader`` (a ``DeviceLoader`` or any iterable of (x, y)).
 
     One t ~ U(0, 1) per minibatch (``t_per_batch`` > 1: several, losses
-    averaged); loss = cross-entropy + 0.5 * wd * ||phi(t)||^2 at the sampled
+    averaged; ``t_sampling`` "stratified": one t in each 1/k of [0, 1]; ``t_split``: the batch cut
+    into ``t_per_batch`` slices, one t each, so a step costs one t's gradient evaluations); loss = cross-entropy + 0.5 * wd * ||phi(t)||^2 at the sampled
     point; SGD (momentum, weight decay 0) on the bends only; learning rate
     ``lr * factor(epoch)`` set at the start of each epoch (``schedule``
     "garipov": the reference's; "constant"; or a callable (epoch, epochs)).
@@ -368,6 +371,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         raise ConfigError(f"epochs: must be >= 1, got {epochs}")
     if t_per_batch < 1:
         raise ConfigError(f"t_per_batch: must be >= 1, got {t_per_batch}")
+    if t_sampling not in T_SAMPLINGS:
+        raise ConfigError(f"t_sampling: {t_sampling!r} is not one of {', '.join(T_SAMPLINGS)}")
     if device is not None:
         from .devices import resolve_device
 
@@ -377,6 +382,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     # what a resume state / a finished fit must match to be reused
     fit_key = {"kind": curve.kind, "num_bends": curve.num_bends, "epochs": int(epochs), "lr": float(lr),
                "momentum": float(momentum), "wd": float(wd), "t_per_batch": int(t_per_batch),
+               **({"t_sampling": t_sampling, "t_split": bool(t_split)} if (t_sampling, bool(t_split)) != ("uniform", False)
+                  else {}),
                "schedule": schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "callable"),
                "seed": int(seed), "batches_per_epoch": _loader_len(loader),
                "start_sum": float(curve.start_params.double().sum()), "end_sum": float(curve.end_params.double().sum())}
@@ -402,8 +409,10 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         lr_e = lr * _lr_factor(schedule, fit.epoch, epochs)
         for g in fit.opt.param_groups:
             g["lr"] = lr_e
-        fit.run_epoch(loader, wd, t_per_batch, resume_every, say)
+        fit.run_epoch(loader, wd, t_per_batch, resume_every, say, t_sampling, bool(t_split))
         fit.end_epoch(lr_e, epochs, t_per_batch, set(checkpoint_epochs), say)
+    if rule is not None and fit.status == "ok" and not fit.stopped:
+        say(f"curve cap reached: the stopping rule had not fired after {epochs} epochs (raise the curve's epochs)")
     df = pd.DataFrame(fit.rows)
     if out is not None:
         fit.save_curve(out / "curve.pt")
@@ -492,7 +501,7 @@ class _Fit:
 
     @staticmethod
     def _fresh_acc() -> dict:
-        return {"loss": 0.0, "reg": 0.0, "correct": 0, "n": 0, "wall": 0.0}
+        return {"loss": 0.0, "reg": 0.0, "correct": 0, "n": 0, "images": 0, "wall": 0.0}
 
     def restore(self, say) -> None:
         st = resumable.load(self.out / "resume.pt", self.key, say)
@@ -519,33 +528,22 @@ class _Fit:
              "status": self.status}
         save_checkpoint(path, self.curve.state_dict() if self.status == "ok" else None, m)
 
-    def run_epoch(self, loader: Any, wd: float, t_per_batch: int, resume_every: int | None, say) -> None:
+    def run_epoch(self, loader: Any, wd: float, t_per_batch: int, resume_every: int | None, say,
+                  t_sampling: str = "uniform", t_split: bool = False) -> None:
         curve, dev = self.curve, self.curve.device
         t0 = time.perf_counter()
         for x, y in batches_of(loader, self.epoch, self.batch):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            ts = torch.rand(t_per_batch, generator=self.gen, dtype=torch.float64).tolist()
             self.opt.zero_grad(set_to_none=True)
-            total, ce_sum, reg_sum = 0.0, 0.0, 0.0
-            for t in ts:
-                pvec = curve.flat_params_at(t)
-                logits = functional_call(curve.module, curve.layout.state(pvec, curve.flat_buffers_at(t), curve._others()), (x,))
-                ce = F.cross_entropy(logits.float(), y)
-                reg = 0.5 * wd * pvec.pow(2).sum()
-                loss = (ce + reg) / len(ts)
-                loss.backward()
-                ce_sum, reg_sum, total = ce_sum + ce.item(), reg_sum + reg.item(), total + loss.item()
-                with torch.no_grad():
-                    self.acc["correct"] += int((logits.argmax(1) == y).sum().item())
-            if not math.isfinite(total) or not bool(torch.isfinite(curve.bends.grad).all()):
+            st = batch_gradient(curve, x, y, sample_ts(t_per_batch, t_sampling, self.gen), wd, t_split)
+            if not math.isfinite(st["loss"]) or not bool(torch.isfinite(curve.bends.grad).all()):
                 self.status = "diverged"
-                say(f"diverged at epoch {self.epoch}, batch {self.batch} (loss {total})")
+                say(f"diverged at epoch {self.epoch}, batch {self.batch} (loss {st['loss']})")
                 break
             self.opt.step()
-            n = y.numel()
-            self.acc["loss"] += ce_sum / len(ts) * n
-            self.acc["reg"] += reg_sum / len(ts) * n
-            self.acc["n"] += n * len(ts)
+            for k in ("ce", "reg", "correct", "n"):
+                self.acc[k if k != "ce" else "loss"] += st[k]
+            self.acc["images"] = self.acc.get("images", 0) + y.numel()
             self.batch += 1
             self.iteration += 1
             if resume_every and self.iteration % resume_every == 0:
@@ -556,10 +554,10 @@ class _Fit:
 
     def end_epoch(self, lr_e: float, epochs: int, t_per_batch: int, checkpoint_epochs: set, say) -> None:
         a, nan = self.acc, float("nan")
-        nimg = a["n"] / t_per_batch if a["n"] else 0
+        n, nimg = a["n"], a.get("images", 0)   # image evaluations (images x their t values), images
         r = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": lr_e,
-             "train_loss": a["loss"] / nimg if nimg else nan, "train_acc": a["correct"] / a["n"] if a["n"] else nan,
-             "reg": a["reg"] / nimg if nimg else nan, "wall_s": a["wall"],
+             "train_loss": a["loss"] / n if n else nan, "train_acc": a["correct"] / n if n else nan,
+             "reg": a["reg"] / n if n else nan, "wall_s": a["wall"],
              "images_per_s": nimg / a["wall"] if a["wall"] > 0 else nan, "status": self.status}
         self._check_stop(r)
         self.rows.append(r)
@@ -656,6 +654,8 @@ def _parser() -> argparse.ArgumentParser:
     for flag, key in (("--batch-size", "batch_size"), ("--t-per-batch", "t_per_batch"), ("--resume-every", "resume_every")):
         f.add_argument(flag, type=int, default=d[key])
     f.add_argument("--schedule", default=d["schedule"], choices=["garipov", "constant"])
+    f.add_argument("--t-sampling", default=d["t_sampling"], choices=list(T_SAMPLINGS))
+    f.add_argument("--t-split", action=argparse.BooleanOptionalAction, default=d["t_split"])
     f.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-resume", action="store_true")
@@ -729,6 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = {"kind": args.kind, "num_bends": args.num_bends, "epochs": args.epochs, "lr": args.lr,
                         "momentum": args.momentum, "weight_decay": args.wd, "batch_size": args.batch_size,
                         "t_per_batch": args.t_per_batch, "schedule": args.schedule, "augment": augment,
+                        "t_sampling": args.t_sampling, "t_split": args.t_split,
                         "resume": not args.no_resume, "checkpoint_epochs": args.checkpoint_epochs,
                         "resume_every": args.resume_every, "stop": None}
             if args.stop_min_delta is not None:

@@ -43,6 +43,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
                               augment=bool(s["augment"]), shuffle=True, seed=seed, drop_last=False)
         fit = {"epochs": s["epochs"], "lr": s["lr"], "wd": s["weight_decay"], "momentum": s["momentum"],
                "batch_size": s["batch_size"], "t_per_batch": s["t_per_batch"], "schedule": s["schedule"],
+               "t_sampling": s["t_sampling"], "t_split": bool(s["t_split"]),
                "augment": bool(s["augment"]), "data": d}
         if s["stop"] is not None:
             fit["stop"] = dict(s["stop"])
@@ -50,6 +51,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
                 "data": a["meta"].get("data"), "start": str(start), "end": str(end), "fit": fit}
         curves.fit_curve(curve, loader, epochs=s["epochs"], lr=s["lr"], momentum=s["momentum"], wd=s["weight_decay"],
                          t_per_batch=s["t_per_batch"], schedule=s["schedule"], out_dir=outd, resume=s["resume"],
+                         t_sampling=s["t_sampling"], t_split=bool(s["t_split"]),
                          seed=seed, checkpoint_epochs=s["checkpoint_epochs"], meta=meta, log=log,
                          resume_every=s["resume_every"], stop=s["stop"],
                          monitor=_stop_monitor(s, xtr, ytr, info, dev))

@@ -1,0 +1,138 @@
+"""Gradient evaluations until a fitted curve removes a two-seed barrier (issue 24.1).
+
+``python -m bench.curve_convergence --start A/final.pt --end B/final.pt --config config/demo.yaml
+--recipe ours --recipe garipov --fit-seed 0 1 2``
+
+For each recipe and fit seed: the bends start on the straight line (or perturbed), the fit runs
+with the recipe's lr / t sampling / batch size, and every quarter epoch of GRADIENT EVALUATIONS
+(one image's forward + backward at one t = one evaluation; N = the training set size, so a quarter
+epoch = N / 4 evaluations, whatever the t per batch) the stopping rule's measure is taken: the max
+training loss over t = 0.25 / 0.5 / 0.75 on the first 500 training images. ``kept`` = (that max -
+the higher endpoint's loss) / the straight line's barrier (9 points, same images). The answer is the
+first count (in epochs of gradient evaluations, i.e. evaluations / N) where kept <= 0.25 and <= 0.10.
+Counts, not wall time: the machine is shared. One JSON line per (recipe, fit seed).
+
+Recipes (:data:`RECIPES`) are dicts of :func:`closerlook.curves.fit_step` knobs; ``garipov`` is the
+fixed denominator: lr 0.015 at its constant phase, momentum 0.9, L2 5e-4 on the curve point, one
+t ~ U(0, 1) per batch, batch as the config's curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+from typing import Any
+
+import torch
+
+from closerlook import curves, landscape
+from closerlook.config import load_config, run_spec
+from closerlook.data import DeviceLoader, batches_of, load_subsets
+from closerlook.stages._common import _data_block, _endpoint, _module
+
+# knobs: lr, t (t values per batch), sampling ("uniform" | "stratified"), split (one t per slice of the batch:
+# no extra evaluations), batch (None: the config's), perturb (std of the bends' initial offset / ||end - start||)
+RECIPES: dict[str, dict[str, Any]] = {
+    "garipov": {"lr": 0.015, "t": 1, "sampling": "uniform", "split": False},
+    "lr0.05": {"lr": 0.05, "t": 1, "sampling": "uniform", "split": False},
+    "lr0.03": {"lr": 0.03, "t": 1, "sampling": "uniform", "split": False},
+    "strat4-split-lr0.015": {"lr": 0.015, "t": 4, "sampling": "stratified", "split": True},
+    "strat4-split-lr0.03": {"lr": 0.03, "t": 4, "sampling": "stratified", "split": True},
+    "strat4-split-lr0.05": {"lr": 0.05, "t": 4, "sampling": "stratified", "split": True},
+    "4t-lr0.05": {"lr": 0.05, "t": 4, "sampling": "uniform", "split": False},
+    "batch25-lr0.015": {"lr": 0.015, "t": 1, "sampling": "uniform", "split": False, "batch": 25},
+    "batch25-strat2-lr0.015": {"lr": 0.015, "t": 2, "sampling": "stratified", "split": True, "batch": 25},
+    "batch25-strat2-lr0.03": {"lr": 0.03, "t": 2, "sampling": "stratified", "split": True, "batch": 25},
+}
+STOP_TS = (0.25, 0.5, 0.75)
+
+
+def _setup(args):
+    cfg = load_config(args.config)
+    data = _data_block(run_spec(cfg, args.run, 0)["data"])
+    xtr, ytr, _, _, info = load_subsets(data)
+    a, b = _endpoint(args.start), _endpoint(args.end)
+    dev = torch.device("cpu")
+    module = _module(a, args.start, dev, [])
+    ev = DeviceLoader(xtr[:args.images], ytr[:args.images], 500, mean=info["mean"], std=info["std"], device=dev,
+                      augment=False, shuffle=False, seed=0, drop_last=False)
+    line = curves.line(module, a["model"], b["model"])
+    lt = landscape.evaluate_path(line, ev, None, ts=9)["train_loss"].tolist()
+    top = max(lt[0], lt[-1])
+    return cfg, xtr, ytr, info, a, b, module, ev, {"line": lt, "top": top, "barrier": max(lt) - top}
+
+
+def measure(curve, ev) -> float:
+    return float(landscape.evaluate_path(curve, ev, None, ts=list(STOP_TS))["train_loss"].max(skipna=False))
+
+
+def run_one(recipe: dict, fit_seed: int, setup, args) -> dict:
+    cfg, xtr, ytr, info, a, b, module, ev, ln = setup
+    batch = int(recipe.get("batch") or args.batch_size)
+    loader = DeviceLoader(xtr, ytr, batch, mean=info["mean"], std=info["std"], device=torch.device("cpu"),
+                          augment=False, shuffle=True, seed=fit_seed, drop_last=False)
+    curve = curves.Curve(module, a["model"], b["model"], kind="bezier", num_bends=int(recipe.get("bends", 3)))
+    gen = torch.Generator().manual_seed(fit_seed)
+    torch.manual_seed(fit_seed)
+    opt = torch.optim.SGD([curve.bends], lr=recipe["lr"], momentum=0.9, weight_decay=0.0)
+    n, quarter = len(xtr), len(xtr) / 4
+    evals, next_check, hist, hit = 0, quarter, [], {}
+    cap = args.cap_epochs * n
+    epoch = 0
+    curve.train()
+    while evals < cap and not ("0.10" in hit):
+        for x, y in batches_of(loader, epoch, 0):
+            opt.zero_grad(set_to_none=True)
+            ts = curves.sample_ts(int(recipe["t"]), recipe["sampling"], gen)
+            st = curves.batch_gradient(curve, x, y, ts, args.wd, bool(recipe["split"]))
+            if not math.isfinite(st["loss"]):
+                return {"diverged": True, "evals_epochs": evals / n}
+            opt.step()
+            evals += st["n"]
+            while evals >= next_check - 1e-9:
+                kept = (measure(curve, ev) - ln["top"]) / ln["barrier"]
+                curve.train()
+                hist.append(round(kept, 3))
+                for thr in ("0.25", "0.10"):
+                    if thr not in hit and kept <= float(thr):
+                        hit[thr] = next_check / n
+                next_check += quarter
+            if "0.10" in hit or evals >= cap:
+                break
+        epoch += 1
+    return {"to_0.25": hit.get("0.25"), "to_0.10": hit.get("0.10"), "kept_per_quarter": hist}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.curve_convergence", description=__doc__.splitlines()[0])
+    ap.add_argument("--start", required=True)
+    ap.add_argument("--end", required=True)
+    ap.add_argument("--config", default="config/demo.yaml")
+    ap.add_argument("--run", default="sgd", help="the run whose data block the fit uses")
+    ap.add_argument("--recipe", action="append", default=None, choices=sorted(RECIPES))
+    ap.add_argument("--fit-seed", type=int, nargs="+", default=[0])
+    ap.add_argument("--cap-epochs", type=float, default=16.0, help="give up after this many epochs of evaluations")
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--wd", type=float, default=curves.FIT_DEFAULTS["weight_decay"])
+    ap.add_argument("--images", type=int, default=500, help="images of the barrier measure")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    setup = _setup(args)
+    ln = setup[-1]
+    print(json.dumps({"pair": [args.start, args.end], "line_barrier": round(ln["barrier"], 4),
+                      "endpoint_top": round(ln["top"], 4)}), flush=True)
+    for name in args.recipe or ["garipov"]:
+        for s in args.fit_seed:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            res = run_one(RECIPES[name], s, setup, args)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+            print(json.dumps({"recipe": name, "fit_seed": s, **res, "cpu_s": round(cpu, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
