@@ -638,3 +638,83 @@ def test_plane_grid_axes_contain_every_projection():
             assert vs[0] < p["v"] < vs[-1]
     us, vs = L.grid_axes(anchors, 3, 0.0)
     assert us[0] == 0.0 and us[-1] == 1.0 and vs[0] == 0.0 and vs[-1] == 0.5  # exact: linspace endpoints, margin 0
+
+
+# --------------------------------------------------------------------------- t sampling, stopping rule in configs (issue 24)
+
+
+def test_stratified_ts_cover_every_stratum():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ts = C.sample_ts(4, "stratified", g)
+        assert [int(t * 4) for t in ts] == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="t_sampling"):
+        C.sample_ts(2, "antithetic-ish", g)
+
+
+def test_split_batch_costs_one_t_and_equals_the_whole_batch_at_one_t():
+    net = small_net(bn=False)           # without BN: a slice's gradient does not depend on the other slices
+    curve = C.Curve(net, trained_like_state(net, 1), trained_like_state(net, 2), kind="bezier", num_bends=3)
+    x, y = synth_data(60, seed=11)
+    st = C.batch_gradient(curve, x[:20], y[:20], [0.3, 0.7], 5e-4, split=True)
+    assert st["n"] == 20                       # one gradient evaluation per image
+    curve.bends.grad = None
+    st2 = C.batch_gradient(curve, x[:20], y[:20], [0.3, 0.7], 5e-4, split=False)
+    assert st2["n"] == 40                      # every image at both t
+    # split with equal t values is the plain batch gradient at that t (equal slices: the mean of the means)
+    curve.bends.grad = None
+    C.batch_gradient(curve, x[:20], y[:20], [0.4, 0.4], 5e-4, split=True)
+    g_split = curve.bends.grad.clone()
+    curve.bends.grad = None
+    C.batch_gradient(curve, x[:20], y[:20], [0.4], 5e-4)
+    assert torch.allclose(g_split, curve.bends.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_with_stratified_split_ts_trains_and_keys_the_fit(tmp_path):
+    curve, x, y = _fit_setup()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10, shuffle=True), epochs=2, lr=0.05, seed=1, out_dir=tmp_path,
+                     t_per_batch=4, t_sampling="stratified", t_split=True, schedule="constant")
+    assert len(df) == 2 and (df["status"] == "ok").all() and df["lr"].tolist() == [0.05, 0.05]
+    key = load_checkpoint(tmp_path / "curve.pt")["meta"]["fit_key"]
+    assert key["t_sampling"] == "stratified" and key["t_split"] is True
+
+
+def _cfg_module():
+    from closerlook import config as K
+    return K
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "cifar_lite.yaml", "config.yaml", "demo_extra.yaml", "gpu_smoke.yaml",
+                                  "heuristics.yaml", "tiny.yaml"])
+def test_every_shipped_config_fits_curves_under_the_stopping_rule(name):
+    from pathlib import Path
+    K = _cfg_module()
+    cfg = K.load_config(Path(__file__).resolve().parents[1] / "config" / name)
+    for c in cfg.get("curves") or {}:
+        s = K.curve_settings(cfg, c)
+        assert s["stop"] and s["stop"]["min_delta"] <= 0.01 and s["stop"].get("patience", 3) >= 2, (name, c)
+        assert s["schedule"] == "constant", (name, c)
+
+
+def test_config_refuses_a_loose_stopping_rule_naming_the_key():
+    import copy
+    from pathlib import Path
+    K = _cfg_module()
+    base = K.load_config(Path(__file__).resolve().parents[1] / "config" / "demo.yaml")
+    cfg = copy.deepcopy(base)
+    cfg["curve_defaults"]["stop"]["min_delta"] = 0.05
+    with pytest.raises(ConfigError, match=r"curve_defaults\.stop\.min_delta"):
+        K.check_curve_stop(cfg)
+    cfg = copy.deepcopy(base)
+    name = next(iter(cfg["curves"]))
+    cfg["curves"][name]["stop"] = {"min_delta": 0.01, "patience": 1}
+    with pytest.raises(ConfigError, match=rf"curves\.{name}\.stop\.patience"):
+        K.check_curve_stop(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["curve_defaults"]["schedule"] = "garipov"
+    with pytest.raises(ConfigError, match=r"curve_defaults\.schedule"):
+        K.check_curve_stop(cfg)
+    cfg = copy.deepcopy(base)
+    cfg.setdefault("claims", {})["barrier_min_nats"] = 0.05     # the floor moves the limit: 0.005
+    with pytest.raises(ConfigError, match="min_delta"):
+        K.check_curve_stop(cfg)

@@ -672,6 +672,7 @@ def validate_config(cfg: dict) -> None:
             if a == b:
                 raise ConfigError(f"config key curves.{name}: start and end are the same checkpoint ({a.label})")
             _same_arch(cfg, a, b, f"curves.{name}")
+    check_curve_stop(cfg)  # added by curve (issue 24.2)
     for name, p in (cfg.get("planes") or {}).items():
         if p["curve"] not in (cfg.get("curves") or {}):
             raise ConfigError(f"config key planes.{name}.curve: no curve named {p['curve']!r}")
@@ -876,3 +877,44 @@ def figure_options(cfg: dict, fig: str) -> dict:
     if "dpi" in figs:
         opts["dpi"] = figs["dpi"]
     return opts
+
+
+# --- added by curve
+def check_curve_stop(cfg: dict) -> None:
+    """Issue 24.2: a curve fitted under the stopping rule is "converged" only by a rule that cannot be
+    loosened into it: ``stop.min_delta`` at most a tenth of the claims' ``barrier_min_nats`` (0.01 nats at
+    0.1) and ``stop.patience`` at least 2 checks; and its lr schedule must not scale with the cap
+    (``epochs``): Garipov's schedule would stop at the peak lr under a large cap. Raises ConfigError
+    naming the key (the curve's own, else ``curve_defaults``)."""
+    from .verdicts import DEFAULT_RULES
+
+    bmin = float({**DEFAULT_RULES, **claim_rules(cfg)}["barrier_min_nats"])
+    own_all = cfg.get("curves") or {}
+    for name in own_all:
+        s, own = curve_settings(cfg, name), own_all[name]
+        stop = s.get("stop")
+        if not stop:
+            continue
+
+        def where(key: str, sub: str | None = None) -> str:
+            if sub is None:
+                return f"curves.{name}.{key}" if key in own else f"curve_defaults.{key}"
+            inner = own.get("stop") if isinstance(own.get("stop"), dict) else {}
+            return f"curves.{name}.stop.{sub}" if sub in inner else f"curve_defaults.stop.{sub}"
+        md = stop.get("min_delta")
+        if isinstance(md, (int, float)) and md > bmin / 10 + 1e-12:
+            raise ConfigError(f"config key {where('stop', 'min_delta')}: {md:g} nats is looser than a tenth of "
+                              f"claims.barrier_min_nats ({bmin / 10:g}); a curve stopped by such a rule is not converged")
+        pat = {**_stop_defaults(), **stop}.get("patience")
+        if isinstance(pat, int) and pat < 2:
+            raise ConfigError(f"config key {where('stop', 'patience')}: {pat} check(s); the stopping rule needs "
+                              f"patience >= 2 (one flat check is noise)")
+        if s.get("schedule") == "garipov":
+            raise ConfigError(f"config key {where('schedule')}: 'garipov' scales with the cap (epochs), so under the "
+                              f"stopping rule a large cap would stop at the peak lr; use 'constant'")
+
+
+def _stop_defaults() -> dict:
+    from .curves import STOP_DEFAULTS
+
+    return dict(STOP_DEFAULTS)
