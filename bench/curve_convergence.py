@@ -45,6 +45,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "batch25-lr0.015": {"lr": 0.015, "t": 1, "sampling": "uniform", "split": False, "batch": 25},
     "batch25-strat2-lr0.015": {"lr": 0.015, "t": 2, "sampling": "stratified", "split": True, "batch": 25},
     "batch25-strat2-lr0.03": {"lr": 0.03, "t": 2, "sampling": "stratified", "split": True, "batch": 25},
+    # decay on plateau: at each epoch's check (the pipeline's stopping-rule cadence), lr x 0.5 when the max loss
+    # has not fallen by more than 0.01 nats below its best
+    "strat4-split-lr0.03-plateau": {"lr": 0.03, "t": 4, "sampling": "stratified", "split": True, "plateau": 0.5},
+    "strat4-split-lr0.05-plateau": {"lr": 0.05, "t": 4, "sampling": "stratified", "split": True, "plateau": 0.5},
+    "lr0.015-plateau": {"lr": 0.015, "t": 1, "sampling": "uniform", "split": False, "plateau": 0.5},
 }
 STOP_TS = (0.25, 0.5, 0.75)
 
@@ -79,6 +84,7 @@ def run_one(recipe: dict, fit_seed: int, setup, args) -> dict:
     opt = torch.optim.SGD([curve.bends], lr=recipe["lr"], momentum=0.9, weight_decay=0.0)
     n, quarter = len(xtr), len(xtr) / 4
     evals, next_check, hist, hit = 0, quarter, [], {}
+    best, checks, lrs = math.inf, 0, []
     cap = args.cap_epochs * n
     epoch = 0
     curve.train()
@@ -92,8 +98,17 @@ def run_one(recipe: dict, fit_seed: int, setup, args) -> dict:
             opt.step()
             evals += st["n"]
             while evals >= next_check - 1e-9:
-                kept = (measure(curve, ev) - ln["top"]) / ln["barrier"]
+                m = measure(curve, ev)
+                kept = (m - ln["top"]) / ln["barrier"]
                 curve.train()
+                checks += 1
+                if recipe.get("plateau") and checks % 4 == 0:   # once per epoch of evaluations
+                    if m < best - 0.01:
+                        best = m
+                    else:
+                        for g in opt.param_groups:
+                            g["lr"] *= float(recipe["plateau"])
+                        lrs.append(round(next_check / n, 2))
                 hist.append(round(kept, 3))
                 for thr in ("0.25", "0.10"):
                     if thr not in hit and kept <= float(thr):
@@ -102,23 +117,69 @@ def run_one(recipe: dict, fit_seed: int, setup, args) -> dict:
             if "0.10" in hit or evals >= cap:
                 break
         epoch += 1
-    return {"to_0.25": hit.get("0.25"), "to_0.10": hit.get("0.10"), "kept_per_quarter": hist}
+    return {"to_0.25": hit.get("0.25"), "to_0.10": hit.get("0.10"), "kept_per_quarter": hist, "lr_halved_at": lrs}
+
+
+def config_recipe(cfg: dict, curve: str | None = None) -> dict:
+    """"ours": the recipe a config fits its curves with (its first curve's settings)."""
+    from closerlook.config import curve_settings
+
+    s = curve_settings(cfg, curve or next(iter(cfg["curves"])))
+    return {"lr": float(s["lr"]), "t": int(s["t_per_batch"]), "sampling": s["t_sampling"], "split": bool(s["t_split"]),
+            "batch": int(s["batch_size"]), "bends": int(s["num_bends"])}
+
+
+def run(config: str = "config/demo.yaml", seeds: tuple[int, int] = (2, 3), fit_seed: int = 0,
+        cap_epochs: float = 16.0) -> dict:
+    """The ``make bench`` row: train seeds 2 and 3 of the config's ``sgd`` run (not the demo's control pair)
+    into a temporary folder, then count gradient evaluations (epochs of them) until the curve keeps
+    <= 25 % / <= 10 % of the line barrier, for the config's recipe ("ours") and Garipov's, one fit seed."""
+    import tempfile
+
+    from closerlook.train import train_run
+
+    torch.set_num_threads(1)
+    cfg = load_config(config)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="curve-conv-") as tmp:
+        for s in seeds:
+            spec = run_spec(cfg, "sgd", s)
+            spec["checkpoints"] = {"epochs": [], "iterations": []}
+            train_run(spec, f"{tmp}/s{s}", progress=None)
+        args = argparse.Namespace(config=config, run="sgd", start=f"{tmp}/s{seeds[0]}/final.pt",
+                                  end=f"{tmp}/s{seeds[1]}/final.pt", images=500, cap_epochs=cap_epochs,
+                                  batch_size=int(config_recipe(cfg)["batch"]), wd=curves.FIT_DEFAULTS["weight_decay"])
+        setup = _setup(args)
+        out["curve_conv_line_barrier"] = round(setup[-1]["barrier"], 3)
+        for name, recipe in (("garipov", RECIPES["garipov"]), ("ours", config_recipe(cfg))):
+            r = run_one(recipe, fit_seed, setup, args)
+            out[f"curve_conv_{name}_25"], out[f"curve_conv_{name}_10"] = r["to_0.25"], r["to_0.10"]
+    for thr in ("25", "10"):
+        g, o = out[f"curve_conv_garipov_{thr}"], out[f"curve_conv_ours_{thr}"]
+        out[f"curve_conv_ratio_{thr}"] = round(g / o, 2) if g and o else None
+    out["curve_conv_pair"] = f"{config} sgd seeds {seeds[0]}/{seeds[1]}, fit seed {fit_seed}"
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.curve_convergence", description=__doc__.splitlines()[0])
-    ap.add_argument("--start", required=True)
-    ap.add_argument("--end", required=True)
+    ap.add_argument("--start")
+    ap.add_argument("--end")
     ap.add_argument("--config", default="config/demo.yaml")
     ap.add_argument("--run", default="sgd", help="the run whose data block the fit uses")
-    ap.add_argument("--recipe", action="append", default=None, choices=sorted(RECIPES))
+    ap.add_argument("--recipe", action="append", default=None, choices=sorted(RECIPES) + ["ours"],
+                    help="a recipe of RECIPES, or 'ours': the --config's curve recipe")
     ap.add_argument("--fit-seed", type=int, nargs="+", default=[0])
     ap.add_argument("--cap-epochs", type=float, default=16.0, help="give up after this many epochs of evaluations")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--wd", type=float, default=curves.FIT_DEFAULTS["weight_decay"])
     ap.add_argument("--images", type=int, default=500, help="images of the barrier measure")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bench", action="store_true", help="the make-bench row: train seeds 2/3, ours vs garipov")
     args = ap.parse_args(argv)
+    if args.bench:
+        print(json.dumps(run(args.config, cap_epochs=args.cap_epochs)), flush=True)
+        return 0
     torch.set_num_threads(args.threads)
     setup = _setup(args)
     ln = setup[-1]
@@ -127,7 +188,7 @@ def main(argv=None) -> int:
     for name in args.recipe or ["garipov"]:
         for s in args.fit_seed:
             r0 = resource.getrusage(resource.RUSAGE_SELF)
-            res = run_one(RECIPES[name], s, setup, args)
+            res = run_one(config_recipe(setup[0]) if name == "ours" else RECIPES[name], s, setup, args)
             r1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
             print(json.dumps({"recipe": name, "fit_seed": s, **res, "cpu_s": round(cpu, 1)}), flush=True)

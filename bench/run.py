@@ -55,6 +55,7 @@ TARGETS = {  # key: (op, threshold, text)
     "cca_max_abs_diff_f64": ("<=", 1e-8, "<= 1e-8 (ours)"),
     "cca_max_abs_diff_f32": ("<=", 1e-3, "<= 1e-3 (ours)"),
     "demo_wall_s": ("<=", 600.0, "<= 600 s"),
+    "curve_conv_ratio_10": (">=", 2.0, ">= 2x"),
     "lens_point_over_pass": ("<=", 1.1, "<= 1.1x"),
     "pca_rss_over_bound": ("<=", 1.0, "<= 1.0"),
 }
@@ -145,6 +146,11 @@ ROWS = [  # (section, key, figure text, command)
     ("curves", "curve_point_naive_s", "one path point, s (naive)", "python -m bench.curve_bench"),
     ("curves", "curve_point_ratio", "path point ours / naive", "python -m bench.curve_bench"),
     ("curves", "curve_epoch_over_train_epoch", "curve epoch / training epoch", "python -m bench.curve_bench"),
+    ("curves", "curve_conv_garipov_25", "grad evals to <= 25 % of barrier, Garipov", "python -m bench.curve_convergence --bench"),
+    ("curves", "curve_conv_ours_25", "grad evals to <= 25 % of barrier, ours", "python -m bench.curve_convergence --bench"),
+    ("curves", "curve_conv_garipov_10", "grad evals to <= 10 % of barrier, Garipov", "python -m bench.curve_convergence --bench"),
+    ("curves", "curve_conv_ours_10", "grad evals to <= 10 % of barrier, ours", "python -m bench.curve_convergence --bench"),
+    ("curves", "curve_conv_ratio_10", "Garipov / ours, to <= 10 % (epochs of evals)", "python -m bench.curve_convergence --bench"),
     ("lenses", "lens_grid_pps", "2-D filter-norm grid, points/s (ours)", "python -m bench.lens_bench"),
     ("lenses", "lens_grid_naive_pps", "2-D grid, points/s (naive rebuild+load)", "python -m bench.lens_bench"),
     ("lenses", "lens_point_over_pass", "grid point / (1 BN pass + 1 evaluation)", "python -m bench.lens_bench"),
@@ -251,6 +257,9 @@ def main(argv=None) -> dict:
         from bench import curve_bench
 
         section("curves", lambda: curve_bench.run())
+        from bench import curve_convergence  # issue 24.1: two-seed barrier, ours vs Garipov's (one pair, one fit seed)
+
+        section("curve_convergence", lambda: curve_convergence.run())
     if "paths" in sections:
         from bench import pathfinder_bench
 

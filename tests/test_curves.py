@@ -718,3 +718,15 @@ def test_config_refuses_a_loose_stopping_rule_naming_the_key():
     cfg.setdefault("claims", {})["barrier_min_nats"] = 0.05     # the floor moves the limit: 0.005
     with pytest.raises(ConfigError, match="min_delta"):
         K.check_curve_stop(cfg)
+
+
+def test_plateau_schedule_halves_the_lr_at_each_check_without_improvement(tmp_path):
+    vals = iter([1.0, 0.5, 0.5, 0.2, 0.2, 0.2])    # checks 3 and 5 do not improve; 6 is the second miss: stop
+    df, _ = None, None
+    curve, x, y = _fit_setup()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10), epochs=10, lr=0.04, seed=0, schedule="plateau",
+                     stop={"min_delta": 0.01, "patience": 2}, monitor=lambda c: next(vals))
+    assert df["lr"].tolist() == pytest.approx([0.04, 0.04, 0.04, 0.02, 0.02, 0.01])
+    assert df["stopped"].tolist() == [False] * 5 + [True]
+    with pytest.raises(ConfigError, match="plateau"):
+        C.fit_curve(curve, TensorLoader(x, y, 10), epochs=2, lr=0.04, schedule="plateau")

@@ -893,14 +893,17 @@ def check_curve_stop(cfg: dict) -> None:
     for name in own_all:
         s, own = curve_settings(cfg, name), own_all[name]
         stop = s.get("stop")
-        if not stop:
-            continue
 
         def where(key: str, sub: str | None = None) -> str:
             if sub is None:
                 return f"curves.{name}.{key}" if key in own else f"curve_defaults.{key}"
             inner = own.get("stop") if isinstance(own.get("stop"), dict) else {}
             return f"curves.{name}.stop.{sub}" if sub in inner else f"curve_defaults.stop.{sub}"
+        if not stop:
+            if s.get("schedule") == "plateau":
+                raise ConfigError(f"config key {where('schedule')}: 'plateau' decays the lr at the stopping rule's "
+                                  f"checks; set curve_defaults.stop")
+            continue
         md = stop.get("min_delta")
         if isinstance(md, (int, float)) and md > bmin / 10 + 1e-12:
             raise ConfigError(f"config key {where('stop', 'min_delta')}: {md:g} nats is looser than a tenth of "
@@ -911,7 +914,7 @@ def check_curve_stop(cfg: dict) -> None:
                               f"patience >= 2 (one flat check is noise)")
         if s.get("schedule") == "garipov":
             raise ConfigError(f"config key {where('schedule')}: 'garipov' scales with the cap (epochs), so under the "
-                              f"stopping rule a large cap would stop at the peak lr; use 'constant'")
+                              f"stopping rule a large cap would stop at the peak lr; use 'plateau' or 'constant'")
 
 
 def _stop_defaults() -> dict:

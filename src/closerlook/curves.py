@@ -320,14 +320,28 @@ def garipov_lr_factor(epoch: int | float, total_epochs: int) -> float:
     return 0.01
 
 
-def _lr_factor(schedule: str | Callable, epoch: int, epochs: int) -> float:
+SCHEDULES = ("constant", "plateau", "garipov")
+PLATEAU_FACTOR = 0.5   # "plateau": lr x this at every stopping-rule check that does not improve (docs/curve-fitting.md)
+
+
+def plateau_lr_factor(rows: Sequence[Mapping]) -> float:
+    """Decay on plateau: ``PLATEAU_FACTOR`` to the number of stopping-rule checks so far that did not improve
+    on the best by more than ``min_delta`` (a function of the saved rows: a resumed fit gets the same lr)."""
+    misses = sum(1 for r in rows if math.isfinite(float(r.get("stop_max_loss", float("nan"))))
+                 and int(r.get("stop_wait", 0)) > 0)
+    return PLATEAU_FACTOR ** misses
+
+
+def _lr_factor(schedule: str | Callable, epoch: int, epochs: int, rows: Sequence[Mapping] = ()) -> float:
+    if schedule == "plateau":
+        return plateau_lr_factor(rows)
     if callable(schedule):
         return float(schedule(epoch, epochs))
     if schedule == "garipov":
         return garipov_lr_factor(epoch, epochs)
     if schedule == "constant":
         return 1.0
-    raise ConfigError(f"schedule: {schedule!r} is not one of garipov, constant (or a callable)")
+    raise ConfigError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)} (or a callable)")
 
 
 def _loader_len(loader: Any) -> int | None:
@@ -351,7 +365,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     into ``t_per_batch`` slices, one t each, so a step costs one t's gradient evaluations); loss = cross-entropy + 0.5 * wd * ||phi(t)||^2 at the sampled
     point; SGD (momentum, weight decay 0) on the bends only; learning rate
     ``lr * factor(epoch)`` set at the start of each epoch (``schedule``
-    "garipov": the reference's; "constant"; or a callable (epoch, epochs)).
+    "garipov": the reference's, scaled to ``epochs``; "constant"; "plateau": x0.5 at every stopping-rule
+    check that does not improve, so its shape does not depend on the cap; or a callable (epoch, epochs)).
     BN layers use batch statistics (training mode). With ``out_dir``: per-epoch
     ``metrics.csv``, ``curve_epoch{E}.pt`` for ``checkpoint_epochs``, final
     ``curve.pt`` (io checkpoint format, state = the curve's state dict, meta
@@ -388,6 +403,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
                "seed": int(seed), "batches_per_epoch": _loader_len(loader),
                "start_sum": float(curve.start_params.double().sum()), "end_sum": float(curve.end_params.double().sum())}
     rule = _stop_rule(stop, monitor)
+    if schedule == "plateau" and rule is None:
+        raise ConfigError("schedule: 'plateau' decays the lr at the stopping rule's checks; it needs the rule (stop)")
     if rule is not None:
         fit_key["stop"] = rule
     base_meta = {**(meta or {})}
@@ -406,7 +423,7 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         fit.restore(say)
     curve.train()
     while fit.epoch < epochs and fit.status == "ok" and not fit.stopped:
-        lr_e = lr * _lr_factor(schedule, fit.epoch, epochs)
+        lr_e = lr * _lr_factor(schedule, fit.epoch, epochs, fit.rows)
         for g in fit.opt.param_groups:
             g["lr"] = lr_e
         fit.run_epoch(loader, wd, t_per_batch, resume_every, say, t_sampling, bool(t_split))
@@ -653,7 +670,7 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument(flag, type=float, default=d[key])
     for flag, key in (("--batch-size", "batch_size"), ("--t-per-batch", "t_per_batch"), ("--resume-every", "resume_every")):
         f.add_argument(flag, type=int, default=d[key])
-    f.add_argument("--schedule", default=d["schedule"], choices=["garipov", "constant"])
+    f.add_argument("--schedule", default=d["schedule"], choices=list(SCHEDULES))
     f.add_argument("--t-sampling", default=d["t_sampling"], choices=list(T_SAMPLINGS))
     f.add_argument("--t-split", action=argparse.BooleanOptionalAction, default=d["t_split"])
     f.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
