@@ -161,6 +161,51 @@ def run(config: str = "config/demo.yaml", seeds: tuple[int, int] = (2, 3), fit_s
     return out
 
 
+def rule_stop(kept: list[float], barrier: float, min_delta: float = 0.01, patience: int = 2):
+    """(epoch, kept there) where the pipeline's stopping rule (a check per epoch, ``min_delta`` nats,
+    ``patience`` checks) would end the fit, replayed on a run's per-quarter measures; None if not reached."""
+    best, wait = math.inf, 0
+    for e in range(1, len(kept) // 4 + 1):
+        v = kept[4 * e - 1] * barrier
+        best, wait = curves.stop_update(best, wait, v, min_delta)
+        if wait >= patience:
+            return e, kept[4 * e - 1]
+    return None
+
+
+def table(files: list[str]) -> str:
+    """Markdown: per recipe, epochs of gradient evaluations to <= 25 % / <= 10 % kept, every repeat and the worst,
+    from this script's JSON lines (one file per endpoint pair)."""
+    rows: dict[str, list] = {}
+    for i, f in enumerate(files):
+        barrier = None
+        for line in open(f):
+            d = json.loads(line)
+            if "line_barrier" in d:
+                barrier = d["line_barrier"]
+            if "recipe" in d:
+                rows.setdefault(d["recipe"], []).append((i, {**d, "barrier": barrier}))
+
+    def worst(v):
+        return "> cap" if any(x is None for x in v) else f"{max(v):g}"
+    out = ["| recipe | repeats (pair.fit seed) | to <= 25 %: each | worst | to <= 10 %: each | worst | CPU s, mean |",
+           "|---|---|---|---|---|---|---|"]
+    for name, rs in rows.items():
+        a = [d["to_0.25"] for _, d in rs]
+        b = [d["to_0.10"] for _, d in rs]
+        fmt = lambda v: " / ".join("-" if x is None else f"{x:g}" for x in v)  # noqa: E731
+        reps = " ".join(f"{chr(65 + i)}.{d['fit_seed']}" for i, d in rs)
+        cpu = sum(d["cpu_s"] for _, d in rs) / len(rs)
+        out.append(f"| {name} | {reps} | {fmt(a)} | {worst(a)} | {fmt(b)} | {worst(b)} | {cpu:.0f} |")
+    out += ["", "Where the pipeline's rule (one check per epoch, min_delta 0.01 nats, patience 2) would have stopped "
+            "(epoch, kept fraction there), replayed on the same measures (runs end at <= 10 % kept or the cap):", ""]
+    for name, rs in rows.items():
+        out.append(f"- {name}: " + ", ".join(f"{chr(65 + i)}.{d['fit_seed']} "
+                                             + (f"E{r[0]} {r[1]:.2f}" if (r := rule_stop(d["kept_per_quarter"], d["barrier"]))
+                                                else "not before the run ended") for i, d in rs))
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.curve_convergence", description=__doc__.splitlines()[0])
     ap.add_argument("--start")
@@ -176,7 +221,11 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=500, help="images of the barrier measure")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bench", action="store_true", help="the make-bench row: train seeds 2/3, ours vs garipov")
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="print the markdown table of earlier outputs")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     if args.bench:
         print(json.dumps(run(args.config, cap_epochs=args.cap_epochs)), flush=True)
         return 0
