@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import verdicts as V  # noqa: E402
+from .schedules import lr_at  # noqa: E402
 from .tables import read_table  # noqa: E402
 
 
@@ -152,8 +153,6 @@ def lr_series(spec: Mapping | None, metrics: pd.DataFrame | None, max_points: in
     ipe = iters_per_epoch(metrics)
     if spec and ipe:
         try:
-            from .schedules import lr_at
-
             epochs = spec.get("epochs")
             total = int(round(float(epochs) * ipe)) if epochs else int(np.nanmax(metrics["iteration"].to_numpy(dtype=float)))
             step = max(1, total // max_points)

@@ -2,7 +2,7 @@
 
 Each script in ``scripts/`` reads ``snakemake.*`` and calls one of these inside
 :func:`closerlook.jobs.job`; the command lines (``python -m closerlook.train``,
-``python -m closerlook.curves fit|evaluate|plane``) are thin wrappers over them
+``python -m closerlook.curves fit|evaluate|plane``, in :mod:`closerlook.cli`) are thin wrappers over them
 as well. Settings are the dicts :mod:`closerlook.config` resolves (a curve's
 settings, a plane's, the activation and similarity blocks); data is the
 ``data`` block of a run spec. A stage whose input checkpoint diverged writes
