@@ -176,3 +176,13 @@ def test_no_upward_import():
                                             {"io": 0, "paths": 0, "stages": 1})])
 def test_layer_table_parser(text, expected):
     assert layer_table(text) == expected
+
+
+def test_every_module_has_tests():
+    """tests/test_<module>.py, or a line in DESIGN.md's "Where each module is tested" naming the module."""
+    text = DESIGN.read_text()
+    listed = text.split("## Where each module is tested", 1)[1].split("\n## ", 1)[0]
+    named = {name for head in re.findall(r"^- ([^:]+):", listed, re.M) for name in re.findall(r"`(\w+)`", head)}
+    tests = ROOT / "tests"
+    missing = sorted(u for u in unit_graph(module_graph()) if not (tests / f"test_{u}.py").exists() and u not in named)
+    assert not missing, f"modules with no tests/test_<module>.py and no line in DESIGN.md's 'Where each module is tested': {missing}"
