@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo demo-extra test bench venv data-demo lint clean-demo gpu-check gpu-smoke findings
 
-# Reinstall only when the project metadata changes (editable install: code edits need none).
-$(STAMP): pyproject.toml
+# Reinstall only when the project metadata or the pins change (editable install: code edits need
+# none). pyproject.toml declares ranges; constraints.txt pins the versions the tests ran with.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,reports]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,reports]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
