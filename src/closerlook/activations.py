@@ -29,6 +29,7 @@ from torch import nn
 
 from .data import probe_fingerprint
 from .io import CheckpointError, atomic_path, atomic_write_json
+from .models import analysis_layers
 
 STORE_FORMAT = "closerlook-activations/1"
 MODES = ("pool", "full", "subsample")
@@ -44,8 +45,6 @@ _POS_BLOCK = 1024
 def resolve_layers(model: nn.Module, layers: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     """``{display name: module qualified name}``; ``None`` -> ``models.analysis_layers(model)``."""
     if layers is None:
-        from .models import analysis_layers
-
         layers = analysis_layers(model)
     if isinstance(layers, Mapping):
         out = {str(k): str(v) for k, v in layers.items()}

@@ -7,14 +7,13 @@ from typing import Any, Mapping, Sequence
 from ..data import load_subsets, probe_set
 from ..devices import resolve_device
 from ..io import load_checkpoint
-from ..models import model_from_checkpoint
+from ..models import analysis_layers, model_from_checkpoint
 
 
 def extract_activations(ckpt: str, out: str, settings: Mapping, data: Mapping, probe_size: int,
                         device: Any = "auto", factories: Sequence[str] = ()) -> None:
     """Every analysis layer of one checkpoint on the probe set (first ``probe_size`` training images)."""
     from ..activations import capture_to_store, save_store
-    from ..models import analysis_layers
 
     ck = load_checkpoint(ckpt)
     meta = {"checkpoint": str(ckpt), "status": ck["meta"].get("status", "ok")}
