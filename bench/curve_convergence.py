@@ -126,7 +126,8 @@ def config_recipe(cfg: dict, curve: str | None = None) -> dict:
 
     s = curve_settings(cfg, curve or next(iter(cfg["curves"])))
     return {"lr": float(s["lr"]), "t": int(s["t_per_batch"]), "sampling": s["t_sampling"], "split": bool(s["t_split"]),
-            "batch": int(s["batch_size"]), "bends": int(s["num_bends"])}
+            "batch": int(s["batch_size"]), "bends": int(s["num_bends"]),
+            **({"plateau": curves.PLATEAU_FACTOR} if s["schedule"] == "plateau" else {})}
 
 
 def run(config: str = "config/demo.yaml", seeds: tuple[int, int] = (2, 3), fit_seed: int = 0,
