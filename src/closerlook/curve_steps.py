@@ -5,16 +5,13 @@ defaults: docs/curve-fitting.md.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from .io import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .curves import Curve
 
 T_SAMPLINGS = ("uniform", "stratified")
 
@@ -31,14 +28,14 @@ def sample_ts(k: int, mode: str, gen: torch.Generator) -> list[float]:
     raise ConfigError(f"t_sampling: {mode!r} is not one of {', '.join(T_SAMPLINGS)}")
 
 
-def point_loss(curve: "Curve", x: torch.Tensor, y: torch.Tensor, t: float, wd: float):
+def point_loss(curve: "curves.Curve", x: torch.Tensor, y: torch.Tensor, t: float, wd: float):
     """(cross-entropy, the L2 term 0.5 * wd * ||phi(t)||^2, logits) of the batch at the curve point phi(t)."""
     pvec = curve.flat_params_at(t)
     logits = functional_call(curve.module, curve.layout.state(pvec, curve.flat_buffers_at(t), curve._others()), (x,))
     return F.cross_entropy(logits.float(), y), 0.5 * wd * pvec.pow(2).sum(), logits
 
 
-def batch_gradient(curve: "Curve", x: torch.Tensor, y: torch.Tensor, ts: Sequence[float], wd: float,
+def batch_gradient(curve: "curves.Curve", x: torch.Tensor, y: torch.Tensor, ts: Sequence[float], wd: float,
                    split: bool = False) -> dict:
     """Accumulate into the bends' .grad the gradient of the mean loss over ``ts``.
 

@@ -106,7 +106,8 @@ def _fit_cmd(runs, out, epochs):
 _STOP_ARGS = ["--stop-min-delta", "0", "--stop-patience", "100", "--stop-images", "100"]
 
 
-@pytest.mark.parametrize("extra", [[], _STOP_ARGS], ids=["plain", "stop_rule"])
+# "plain": no rule (on by default since issue 24.2), Garipov's schedule over the fixed epochs
+@pytest.mark.parametrize("extra", [["--no-stop", "--schedule", "garipov"], _STOP_ARGS], ids=["plain", "stop_rule"])
 def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsys, extra):
     epochs = 8  # 20 batches per epoch: 160 iterations, a few seconds
     out = tmp_path / "killed"
@@ -126,7 +127,7 @@ def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsy
     assert a["meta"]["iteration"] == b["meta"]["iteration"] == epochs * 20
     assert not (out / "resume.pt").exists()
     cols = ["epoch", "iteration", "lr", "train_loss", "train_acc", "reg", "status"]
-    cols += ["stop_max_loss", "stop_best", "stop_wait", "stopped"] if extra else []
+    cols += ["stop_max_loss", "stop_best", "stop_wait", "stopped"] if "--stop-min-delta" in extra else []
     import pandas as pd
     pd.testing.assert_frame_equal(pd.read_csv(ref / "metrics.csv")[cols], pd.read_csv(out / "metrics.csv")[cols])  # exact: same-CPU resume
 
