@@ -356,3 +356,28 @@ def test_a_reshape_that_mixes_channels_is_refused_naming_its_module():
     msg = str(ei.value)
     assert "module 'head' (Conv2d)" in msg and "'view' inside module 'mix' (_Mixer)" in msg, msg
     assert "mix channels" in msg and "docs/alignment.md" in msg, msg
+
+
+class _MobileNetWithSpec(nn.Module):
+    """How a factory hands its hand-written spec to the pipeline: a ``closerlook_permutation_spec`` method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torchvision.models.mobilenet_v2(num_classes=10)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def closerlook_permutation_spec(self) -> A.PermSpec:
+        hand = _hand_spec_mobilenet_v2(self.net)
+        return A.PermSpec(dict(hand.sizes), {f"net.{k}": v for k, v in hand.axes.items()})
+
+
+def test_a_models_own_spec_is_used():
+    torch.manual_seed(0)
+    model = _MobileNetWithSpec().eval()
+    spec = A.permutation_spec(model)
+    assert "features.1.hidden" not in spec.sizes and "features.6.hidden" in spec.sizes  # the hand-written names
+    model.closerlook_permutation_spec = lambda: "not a spec"
+    with pytest.raises(A.AlignError, match="not a closerlook.align.PermSpec"):
+        A.permutation_spec(model)

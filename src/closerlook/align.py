@@ -225,7 +225,16 @@ def builtin_spec(model: nn.Module) -> PermSpec:
 
 
 def permutation_spec(model: nn.Module) -> PermSpec:
-    """The built-in spec when there is one, else the one derived from a torch.fx trace."""
+    """The model's own spec when it has one (a ``closerlook_permutation_spec`` attribute: a PermSpec or a method
+    returning one, see docs/alignment.md), else the built-in spec, else the one derived from a torch.fx trace."""
+    own = getattr(model, "closerlook_permutation_spec", None)
+    if own is not None:
+        spec = own() if callable(own) else own
+        if not isinstance(spec, PermSpec):
+            raise AlignError(f"{type(model).__name__}.closerlook_permutation_spec gave a {type(spec).__name__}, "
+                             "not a closerlook.align.PermSpec")
+        spec.check(model.state_dict())
+        return spec
     try:
         return builtin_spec(model)
     except AlignError:

@@ -129,8 +129,7 @@ class _Walk:
             m = self.mods[node.target]
             return f"module {node.target!r} ({type(m).__name__})"
         if stack:
-            qual, (_, cls) = list(stack.items())[-1]
-            qual = stack[qual][0] if isinstance(stack[qual], tuple) else qual
+            qual, cls = list(stack.values())[-1]  # the innermost module the operation sits in
             return f"{node.op} {_op_name(node)!r} inside module {qual!r} ({getattr(cls, '__name__', cls)})"
         return f"{node.op} {_op_name(node)!r} at the model's top level (node {node.name!r})"
 
@@ -152,11 +151,6 @@ class _Walk:
             raise self.refuse(node, f"its input comes from {v.where}, a reshape whose output channels mix channels "
                                     "of its input with another axis")
         return v
-
-    def lab_of(self, node, arg, shape) -> _Lab | None:
-        """The labels of a tensor argument; an unlabelled tensor (input image, constant) gets fixed labels."""
-        v = self.val.get(arg)
-        return self.clean(node, v)
 
     # ------------------------------------------------------------------ layers
     def layer(self, node, m: nn.Module, x: _Lab | None, in_shape) -> _Lab:
@@ -207,7 +201,10 @@ class _Walk:
             sid = (torch.arange(n, dtype=torch.float64).view(n, 1, 1) * rest
                    + torch.arange(rest, dtype=torch.float64).view(1, 1, rest)).expand(n, c, rest).reshape(*shape)
             x = _Pending(x, cid.contiguous(), sid.contiguous(), self.where(node))
-        cid, sid = fn(x.cid).contiguous(), fn(x.sid).contiguous()  # the model makes it contiguous before a view
+        try:
+            cid, sid = fn(x.cid).contiguous(), fn(x.sid).contiguous()  # the model makes it contiguous before a view
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise self.refuse(node, f"replaying the reshape on index tensors failed ({exc})") from exc
         if tuple(cid.shape) != tuple(out_shape):
             raise self.refuse(node, "replaying the reshape on index tensors gave another shape")
         if cid.dim() < 2:
@@ -286,6 +283,8 @@ class _Walk:
                 continue
             if node.op in ("placeholder", "get_attr") or kind != "tensor" and not _is_tuple_of_tensors(info):
                 self.val[node] = None  # the input, a constant or parameter, or a plain value (a size, an int)
+                if node.op == "get_attr":  # a parameter used directly: binary() records it when it meets a stream
+                    self.seen.add(node.target)
                 continue
             self.val[node] = self.step(node, rec, info)
         untouched = [k for k, v in self.sd.items() if v.is_floating_point() and k not in self.seen]
@@ -488,6 +487,8 @@ def _replay(node, rec, tensor_node):
         if a is tensor_node:
             return t
         if isinstance(a, torch.fx.Node):
+            if rec[a][0] == "tensor":
+                raise ValueError(f"a second tensor argument {a.name!r}")
             return rec[a][1]
         if isinstance(a, (list, tuple)):
             return type(a)(concrete(b, t) for b in a)
