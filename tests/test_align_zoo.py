@@ -11,7 +11,9 @@ mobilenet_v2 9128, mobilenet_v3_small 4872, shufflenet_v2_x0_5 2938, squeezenet1
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,39 +229,13 @@ def test_zoo_permuted_copy_aligns_back_exactly(name):
 
 
 def _hand_spec_mobilenet_v2(net) -> A.PermSpec:
-    """The hand-written spec of docs/alignment.md: one group per block's hidden width, one per residual stream."""
-    spec, sd = A.PermSpec(), net.state_dict()
-
-    def layer(prefix, out, inp=None):
-        for k in [k for k in sd if k.startswith(prefix + ".") and "." not in k[len(prefix) + 1:]]:
-            t = sd[k]
-            if k.endswith(".weight") and t.dim() == 4:
-                spec.axes[k] = ((out, 1) if out else None, (inp, 1) if inp else None, None, None)
-            elif t.dim() == 1:
-                spec.axes[k] = ((out, 1) if out else None,)
-            else:
-                spec.axes[k] = (None,) * t.dim()
-
-    def group(name, n):
-        spec.sizes[name] = n
-        return name
-
-    s = group("features.0", 32)
-    layer("features.0.0", s), layer("features.0.1", s)
-    for i in range(1, 18):
-        blk, p = net.features[i], f"features.{i}.conv"
-        h, j = s, 0
-        if len(blk.conv) == 4:
-            h, j = group(f"features.{i}.hidden", blk.conv[0][0].out_channels), 1
-            layer(f"{p}.0.0", h, s), layer(f"{p}.0.1", h)
-        layer(f"{p}.{j}.0", h), layer(f"{p}.{j}.1", h)  # depthwise: (C, 1, 3, 3), no input permutation
-        out = s if blk.use_res_connect else group(f"features.{i}", blk.conv[j + 1].out_channels)
-        layer(f"{p}.{j + 1}", out, h), layer(f"{p}.{j + 2}", out)
-        s = out
-    last = group("features.18", 1280)
-    layer("features.18.0", last, s), layer("features.18.1", last)
-    spec.axes["classifier.1.weight"], spec.axes["classifier.1.bias"] = (None, (last, 1)), (None,)
-    return spec
+    """The hand-written spec shown in docs/alignment.md (run from the page itself, so the page stays right):
+    one group per block's hidden width, one per residual stream."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "alignment.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def mobilenet_v2_spec" in b)
+    scope: dict = {}
+    exec(block, scope)  # noqa: S102 - our own documentation
+    return scope["mobilenet_v2_spec"](net)
 
 
 def test_mobilenet_v2_derived_spec_permutes_the_hand_written_groups():
