@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .align import AlignError, Mixed, PermSpec
+from .align_spec import AlignError, Mixed, PermSpec
 
 _HINT = ("; write the permutation spec by hand for this model (closerlook.align.PermSpec, see docs/alignment.md) "
          "or leave the curve's align option at none")
