@@ -876,3 +876,20 @@ def figure_options(cfg: dict, fig: str) -> dict:
     if "dpi" in figs:
         opts["dpi"] = figs["dpi"]
     return opts
+
+
+# --- added by rules
+def claims_inputs(cfg: dict) -> dict:
+    """The claims' own inputs beside the figures' layouts (team interfaces A and B): ``controls`` and
+    ``controls_md`` (similarity positive controls) when the config configures them (a ``similarity.controls``
+    block) and paths.py names them; ``fidelity`` (distillation fidelity) when fig6_distill is configured and
+    paths.py names it. Keys absent otherwise: claims 5b-7 then say "positive control not configured" and
+    claim 7 "fidelity not measured"."""
+    R, out = results_dir(cfg), {}
+    if (cfg.get("similarity") or {}).get("controls") and hasattr(paths, "controls_table"):
+        out["controls"] = paths.controls_table(R)
+        if hasattr(paths, "controls_markdown"):
+            out["controls_md"] = paths.controls_markdown(R)
+    if "fig6_distill" in (cfg.get("figures") or {}) and hasattr(paths, "fidelity_table"):
+        out["fidelity"] = paths.fidelity_table(R)
+    return out

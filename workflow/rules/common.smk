@@ -149,4 +149,5 @@ def _claims_inputs(wc):
     files = []
     for fig in C.claim_figures(config):
         files += C.figure_layout(config, fig)[1]
+    files += list(C.claims_inputs(config).values())  # similarity controls, fidelity (when configured)
     return sorted(set(files))
