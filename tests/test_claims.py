@@ -522,3 +522,25 @@ def test_beyond_entry_within_measurement_noise_is_inconclusive(tmp_path):
     assert curve["verdict"] == "inconclusive" and "within measurement noise" in curve["reason"]
     res = claims.evaluate(world(tmp_path / "b", test_images=10 ** 6), RULES)
     assert next(e for e in res["beyond"] if e["id"] == "beyond-curve")["verdict"] == "reproduced"
+
+
+def test_claim3_over_several_planes(tmp_path):
+    # config claims.plane_instances: all -> one plane per instance of the curve, a range over planes
+    w = world(tmp_path)
+    from test_figures import plane_csvs
+    second = plane_csvs(tmp_path / "planes/sgdr/seed1", climb=4.0)
+    second.update(metrics=w["fig3_plane"]["metrics"], data_info=w["fig3_plane"]["data_info"])
+    w["fig3_planes"] = {"seed0": w["fig3_plane"], "seed1": second}
+    c = claim(w, "3")
+    assert c["verdict"] == "reproduced" and c["effects"][0]["n"] == 2 and c["seeds"] == ["seed0", "seed1"]
+    assert set(c["measured"]) >= {"seed0", "seed1"}
+
+
+def test_claims_inputs_from_a_config():
+    from closerlook import config as C
+    cfg = C.load_config("config/config.yaml")
+    ins = C.claims_inputs(cfg)
+    assert sorted(ins["fig3_planes"]) == ["seed0", "seed1"]  # plane_instances: all
+    assert ins["fig3_planes"]["seed1"]["points"].endswith("planes/sgdr/seed1/points.csv")
+    assert all(isinstance(f, str) for f in C.claims_input_files(cfg))
+    assert "fig3_planes" not in C.claims_inputs(C.load_config("config/demo.yaml"))

@@ -892,4 +892,27 @@ def claims_inputs(cfg: dict) -> dict:
             out["controls_md"] = paths.controls_markdown(R)
     if "fig6_distill" in (cfg.get("figures") or {}) and hasattr(paths, "fidelity_table"):
         out["fidelity"] = paths.fidelity_table(R)
+    figs = cfg.get("figures") or {}
+    if "fig3_plane" in figs and claim_rules(cfg).get("plane_instances") == "all":
+        plane = figs["fig3_plane"]["plane"]
+        curve = cfg["planes"][plane]["curve"]
+        planes = {}
+        for inst in curve_instances(cfg, curve):
+            lay = {k: paths.plane_file(R, plane, inst, f"{k}.csv") for k in ("grid", "points")}
+            lay["curve"] = paths.path_table(R, curve, inst, "curve")
+            proj = plane_projection(cfg, plane, inst)
+            if proj:
+                lay["metrics"] = {proj[0].run: {f"seed{proj[0].seed}": paths.run_metrics(R, proj[0].run, proj[0].seed)}}
+            lay["data_info"] = paths.data_info(R)
+            planes[inst] = lay
+        out["fig3_planes"] = planes  # claim 3 judged over every instance's plane (config claims.plane_instances)
     return out
+
+
+def claims_input_files(cfg: dict) -> list[str]:
+    """Every file of :func:`claims_inputs` (nested layouts flattened): the claims rule's extra inputs."""
+    def walk(x: Any) -> list[str]:
+        if isinstance(x, Mapping):
+            return [f for y in x.values() for f in walk(y)]
+        return [x] if isinstance(x, str) else []
+    return sorted(set(walk(claims_inputs(cfg))))

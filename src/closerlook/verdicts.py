@@ -67,6 +67,7 @@ DEFAULT_RULES: dict[str, Any] = {
                                     # this (None: min_acc_above_chance)
     "acc_noise_z": 1.96,            # accuracy effects widened by z x their sampling SE (binomial, per test set)
     "p_value_min_shuffles": 99,     # a permutation p-value is shown only with >= this many shuffles
+    "plane_instances": "first",     # claim 3 on the plane of the curve's first instance, or "all" (one plane each)
     # beyond the paper (closerlook.ensembles.evaluate_beyond): an ensemble is "about as accurate" as as many
     # independent seeds when its accuracy difference's whole range lies above -this (1 percentage point: the
     # size of seed-to-seed differences at demo scale; fixed before any ensemble was measured)

@@ -69,7 +69,7 @@ CLAIMS = {
     "6": "Freezing the FC layers early, without warmup, gets close to the warmup run.",
     "7": "A distilled student is more similar to the teacher than an independent one mainly in the deeper layers.",
 }
-INPUT_KEYS = ("controls", "controls_md", "fidelity")  # the claims' own inputs in ``layouts`` (not figures)
+INPUT_KEYS = ("controls", "controls_md", "fidelity", "fig3_planes")  # the claims' own inputs in ``layouts`` (not figures)
 
 
 def evaluate(layouts: Mapping[str, Mapping], rules: Mapping | None) -> dict:
@@ -81,7 +81,7 @@ def evaluate(layouts: Mapping[str, Mapping], rules: Mapping | None) -> dict:
     results = [
         *barrier_claims(1, f2.get("sgdr_pairs", {}), f2, "SGDR", r, CLAIMS),
         *barrier_claims(2, f2.get("sgd_pairs", {}), f2, "SGD", r, CLAIMS),
-        claim3(layouts.get("fig3_plane", {}) or {}, r, CLAIMS["3"]),
+        claim3(layouts.get("fig3_plane", {}) or {}, r, CLAIMS["3"], layouts.get("fig3_planes")),
         claim4(layouts.get("fig1_robustness", {}) or {}, r, f2.get("reference_pairs"), CLAIMS["4"]),
         *claim5(layouts.get("fig4_warmup", {}) or {}, r, inputs, CLAIMS),
         claim6(layouts.get("fig5_freeze", {}) or {}, r, inputs, CLAIMS["6"]),

@@ -67,39 +67,58 @@ def plane_losses(traj: pd.DataFrame, grid: pd.DataFrame | None) -> tuple[dict, s
                  f"interpolation error)")
 
 
-def claim3(layout: Mapping, rules: Mapping, text: str) -> dict:
+def claim3(layout: Mapping, rules: Mapping, text: str, planes: Mapping | None = None) -> dict:
+    """``layout``: the fig3_plane layout (its first curve instance); ``planes`` (optional, config claims
+    ``plane_instances: all``): {instance: layout} of every instance of the plane's curve, judged over instances."""
     v = Verdict("3", text, rules)
-    layout = layout or {}
     lim, dmax = float(rules["climb_min_nats"]), float(rules["plane_max_rel_distance"])
+    planes = dict(planes) if planes else {"plane": layout or {}}
     rule = (f"premises: the projected run trained; every projected iterate within {dmax:g} x ||w2 - w1|| of the "
             f"plane (else the plane view is unfaithful). Rule: max over the iterates between w1 and w2 of (the "
-            f"plane's train loss at the iterate's projection - the fitted curve's max train loss) > {lim:g} nats "
-            f"(single plane: n = 1). Reported, not judged: each iterate's own loss climb (near-certain after a "
-            f"restart), and 'ends in the connected basin' (the last iterate is w2, an anchor of the plane: it cannot "
-            f"fail as configured)")
+            f"plane's train loss at the iterate's projection - the fitted curve's max train loss) > {lim:g} nats, "
+            f"over planes ({len(planes)} configured; one plane: n = 1, no spread). Reported, not judged: each "
+            f"iterate's own loss climb (near-certain after a restart), and 'ends in the connected basin' (the last "
+            f"iterate is w2, an anchor of the plane: it cannot fail as configured)")
+    climbs, own = [], []
+    for inst, lay in planes.items():
+        c = _one_plane(v, lay or {}, inst, dmax, multi=len(planes) > 1)
+        if c is not None:
+            climbs.append(c[0])
+            own.append(c[1])
+    if climbs:
+        v.check(v.effect("climb: max plane train loss at an intermediate projection - curve max (nats)", climbs),
+                lim, "above")
+        v.effect("own climb: max own train loss of an intermediate iterate - curve max (nats, not judged)", own)
+    return v.entry(rule)
+
+
+def _one_plane(v: Verdict, layout: Mapping, inst: str, dmax: float, multi: bool) -> tuple[float, float] | None:
+    """One plane's premises and numbers (into ``measured``, under ``inst`` when there are several)."""
+    sfx = f": {inst}" if multi else ""
     K.runs_trained(v, layout.get("metrics"), list(layout.get("metrics") or {}), layout)
     if not layout.get("metrics"):
-        v.missing("projected run's metrics", "not in the layout")
-    pts, curve = K.path(layout, "points", "plane", v), K.path(layout, "curve", "plane", v)
+        v.missing(f"projected run's metrics{sfx}", "not in the layout")
+    pts, curve = K.path(layout, "points", f"plane{sfx}", v), K.path(layout, "curve", f"plane{sfx}", v)
     grid, _ = read_table(layout.get("grid"))
     if pts is None or curve is None:
-        return v.entry(rule)
+        return None
     if not {"label", "u", "v", "distance", "train_loss"} <= set(pts.columns):
-        v.missing("plane points.csv", "no distance / own train_loss (an older plane table)")
-        return v.entry(rule)
+        v.missing(f"plane points.csv{sfx}", "no distance / own train_loss (an older plane table)")
+        return None
     traj, inter, span = trajectory(pts)
-    v.seed("plane")
+    v.seed(inst)
     dist = traj["distance"].to_numpy(dtype=float) / span if span and math.isfinite(span) else np.array([np.nan])
     worst = float(np.max(dist)) if dist.size and np.isfinite(dist).all() else float("nan")
-    on = v.premise("projections on the plane (distance / ||w2 - w1||)", math.isfinite(worst) and worst <= dmax, worst,
-                   f"max <= {dmax:g}")
+    on = v.premise(f"projections on the plane (distance / ||w2 - w1||){sfx}", math.isfinite(worst) and worst <= dmax,
+                   worst, f"max <= {dmax:g}")
     if not on:
         v.note("the plane view is unfaithful: an iterate lies farther off the plane than the premise allows")
-    v.premise("iterates between w1 and w2 projected", bool(inter), len(inter), ">= 1")
+    v.premise(f"iterates between w1 and w2 projected{sfx}", bool(inter), len(inter), ">= 1")
     cmax = float(curve["train_loss"].max()) if "train_loss" in curve.columns else float("nan")
     own = traj.set_index("label")["train_loss"].astype(float)
     plane, how = plane_losses(traj, grid)
-    v.measured.update({
+    m = v.measured.setdefault(inst, {}) if multi else v.measured
+    m.update({
         "curve_max_train_loss": _num(cmax), "plane loss at the projections": how, "norm_w2_minus_w1": _num(span),
         "iterates": {r["label"]: {"own_train_loss": _num(r["train_loss"]),
                                   "plane_train_loss_at_projection": _num(plane.get(r["label"])),
@@ -110,13 +129,10 @@ def claim3(layout: Mapping, rules: Mapping, text: str) -> dict:
         "ends in the connected basin": "not judged: the last projected iterate is w2, an anchor of the plane"})
     if OWN_COLUMN not in traj.columns:
         v.note("plane loss at the projections interpolated from the grid")
-    if inter:
-        above = {lab: plane[lab] - cmax for lab in inter}
-        at = max(above, key=lambda k: above[k] if math.isfinite(above[k]) else -math.inf)
-        v.measured.update({"plane_climb_nats": _num(above[at]), "at": str(at),
-                           "own_climb_nats (reported, not judged)": _num(float(own[inter].max() - cmax))})
-        v.check(v.effect("climb: max plane train loss at an intermediate projection - curve max (nats)", [above[at]]),
-                lim, "above")
-        v.effect("own climb: max own train loss of an intermediate iterate - curve max (nats, not judged)",
-                 [float(own[inter].max() - cmax)])
-    return v.entry(rule)
+    if not inter:
+        return None
+    above = {lab: plane[lab] - cmax for lab in inter}
+    at = max(above, key=lambda k: above[k] if math.isfinite(above[k]) else -math.inf)
+    oc = float(own[inter].max() - cmax)
+    m.update({"plane_climb_nats": _num(above[at]), "at": str(at), "own_climb_nats (reported, not judged)": _num(oc)})
+    return above[at], oc
