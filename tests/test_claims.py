@@ -35,7 +35,7 @@ def world(root, *, stopped=True, restart_rise=0.4, controls=True, fidelity=True,
         loss = np.array([0.5, 0.5 + restart_rise, 0.4, 0.4 + restart_rise, 0.35, 0.3, 0.25])[: len(df)]
         df["train_loss"] = np.where(df["train_loss"].notna(), loss, np.nan)
         df.to_csv(p, index=False)
-    for d in (root / "curves").glob("*/*"):
+    for d in [*(root / "curves").glob("*/*"), Path(L["fig3_plane"]["curve"]).parent]:
         if stopped is not None:
             pd.DataFrame({"epoch": [1, 2], "train_loss": [0.5, 0.4], "stop_max_loss": [0.6, 0.5],
                           "stop_best": [0.6, 0.5], "stop_wait": [0, 0], "stopped": [False, stopped]}).to_csv(
@@ -544,3 +544,11 @@ def test_claims_inputs_from_a_config():
     assert ins["fig3_planes"]["seed1"]["points"].endswith("planes/sgdr/seed1/points.csv")
     assert all(isinstance(f, str) for f in C.claims_input_files(cfg))
     assert "fig3_planes" not in C.claims_inputs(C.load_config("config/demo.yaml"))
+
+
+def test_claim3_negative_outcome_needs_a_converged_curve(tmp_path):
+    w = world(tmp_path, climb=1.0, traj_on_curve=True, stopped=False)
+    d = Path(w["fig3_plane"]["curve"]).parent
+    pd.DataFrame({"epoch": [1], "stopped": [False]}).to_csv(d / "metrics.csv", index=False)
+    c = claim(w, "3")
+    assert c["verdict"] == "inconclusive" and "fit converged" in c["reason"]

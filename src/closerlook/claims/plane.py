@@ -8,6 +8,7 @@ judged: the last projected iterate is the curve's end point w2, an anchor of the
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -115,6 +116,7 @@ def _one_plane(v: Verdict, layout: Mapping, inst: str, dmax: float, multi: bool)
         v.note("the plane view is unfaithful: an iterate lies farther off the plane than the premise allows")
     v.premise(f"iterates between w1 and w2 projected{sfx}", bool(inter), len(inter), ">= 1")
     cmax = float(curve["train_loss"].max()) if "train_loss" in curve.columns else float("nan")
+    _converged_gate(v, layout, curve, sfx)
     own = traj.set_index("label")["train_loss"].astype(float)
     plane, how = plane_losses(traj, grid)
     m = v.measured.setdefault(inst, {}) if multi else v.measured
@@ -136,3 +138,15 @@ def _one_plane(v: Verdict, layout: Mapping, inst: str, dmax: float, multi: bool)
     oc = float(own[inter].max() - cmax)
     m.update({"plane_climb_nats": _num(above[at]), "at": str(at), "own_climb_nats (reported, not judged)": _num(oc)})
     return above[at], oc
+
+
+def _converged_gate(v: Verdict, layout: Mapping, curve, sfx: str) -> None:
+    """Issue 24.2 on claim 3: the plane is built on a fitted curve, whose max loss is the comparator; a curve cut
+    by the cap keeps a higher max, so a NEGATIVE outcome needs its fit converged (or the curve to have removed
+    its line's barrier, line.csv beside curve.csv)."""
+    ok, why = K.fit_converged({"curve": layout.get("curve")})
+    line, _ = read_table(str(Path(str(layout.get("curve"))).parent / "line.csv")) if layout.get("curve") else (None, None)
+    removed = line is not None and K.removes(v, K.barriers(line)[K.judged(v)], K.barriers(curve)[K.judged(v)])
+    v.gate(f"fit converged: the plane's curve{sfx}", bool(ok) or removed,
+           why + ("; the curve removed its line's barrier" if removed and not ok else ""),
+           "stopped by the stopping rule (not the epochs cap), or the curve removed the barrier")
