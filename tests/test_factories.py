@@ -209,13 +209,13 @@ def test_heuristics_config_plans_both_studies():
                   "lb_bn_nowarmup": (True, 0), "lb_bn_warmup": (True, 20)}
 
 
-def test_readme_study_your_own_model_config_is_valid():
+def test_docs_study_your_own_model_config_is_valid():
     import yaml
 
     from closerlook import config as C
 
-    text = (REPO / "README.md").read_text()
-    start = text.index("```yaml", text.index("## Study your own model")) + len("```yaml")
+    text = (REPO / "docs" / "configs.md").read_text()
+    start = text.index("```yaml", text.index("# Study your own model")) + len("```yaml")
     cfg = yaml.safe_load(text[start:text.index("```", start)])
     C.validate_config(cfg)  # builds both factories on the meta device against Fashion-MNIST's shape
     assert C.model_factories(cfg) == ["torchvision.models:mobilenet_v3_small", "torchvision:resnet18"]

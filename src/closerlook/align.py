@@ -44,6 +44,9 @@ from torch.func import functional_call
 
 from .io import CloserlookError
 from .data import batches_of
+from .landscape import evaluate_point
+from .models import VGG, ResNet18
+from .tables import PATH_COLUMNS
 
 # the one owner of alignment defaults (config `align:`): Ainsworth et al.'s weight matching, iterated until
 # no permutation group improves (at most max_iter sweeps, groups in a seeded random order); REPAIR statistics
@@ -159,8 +162,6 @@ def _resnet_spec(model: nn.Module) -> PermSpec:
 
 def builtin_spec(model: nn.Module) -> PermSpec:
     """The permutation spec of a network from :func:`closerlook.models.build_model`."""
-    from .models import VGG, ResNet18
-
     if isinstance(model, VGG):
         return _vgg_spec(model)
     if isinstance(model, ResNet18):
@@ -459,8 +460,6 @@ def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, 
     """The path table of the straight line a -> b (BN recomputed at each t), REPAIRed when ``repair_loader``."""
     import pandas as pd
 
-    from .landscape import evaluate_point
-    from .tables import PATH_COLUMNS
 
     device = next((v.device for v in module.state_dict().values()), None)
     rows, cache = [], {}
