@@ -85,7 +85,7 @@ def test_all_claims_reproduced_when_built_to_hold(good):
     # higher endpoint (numbers rounded to 6 decimals)
     assert m["line_barrier_nats (above interpolation)"] == pytest.approx(0.5, abs=1e-6)
     assert m["line_barrier_nats (above higher endpoint)"] == pytest.approx(0.475, abs=1e-6)
-    assert m["line_points"] == 9 and m["restart_rise_nats"] == pytest.approx(0.4, abs=1e-6)
+    assert m["line_points"] == 9 and m["restart_rise_nats"] == pytest.approx(0.9 - 0.3, abs=1e-6)  # epoch 2 - w1
     assert "positive control" in claim(res, "1b")["measured"]
     c5 = claim(res, "5b")
     assert c5["measured"]["roles"]["nowarm"] == "LB no warmup" and c5["measured"]["roles"]["small"] == "SB"
@@ -552,3 +552,17 @@ def test_claim3_negative_outcome_needs_a_converged_curve(tmp_path):
     pd.DataFrame({"epoch": [1], "stopped": [False]}).to_csv(d / "metrics.csv", index=False)
     c = claim(w, "3")
     assert c["verdict"] == "inconclusive" and "fit converged" in c["reason"]
+
+
+def test_restart_after_the_first_epoch_compares_with_the_lines_start_loss(tmp_path):
+    # T0 = 1: epoch 1's mean includes the untrained start (0.5 here, rise 0.4 by the means); the line's start loss
+    # (w1 evaluated: 0.3) is the "before" value then
+    from closerlook.claims.barriers import restart_rise
+    w = world(tmp_path, restart_rise=-0.1)  # epoch 2's mean 0.4 < epoch 1's mean 0.5
+    m = w["fig2_sgdr"]["metrics"]["SGDR"]["seed0"]
+    spec = w["fig2_sgdr"]["specs"]["SGDR"]
+    rise, how = restart_rise(m, spec, "sgdr-w1-w3", 0.3)
+    assert rise == pytest.approx(0.1) and "line's start loss" in how
+    assert "not known" in restart_rise(m, spec, "sgdr-w1-w3")[1]
+    rise, how = restart_rise(m, spec, "sgdr-w3-w7", 0.3)
+    assert rise == pytest.approx(-0.1) and "epoch means" in how

@@ -32,9 +32,11 @@ def restart_epochs(spec: Mapping | None, last_epoch: int) -> list[int] | None:
     return out
 
 
-def restart_rise(metrics_path: Any, spec: Mapping | None, label: str) -> tuple[float, str]:
-    """Largest rise of the logged training loss across a restart between the pair's endpoints (epoch e+1's loss -
-    epoch e's, e a cycle end with a <= e < b from the label ``...w<a>-w<b>``; every restart when not named)."""
+def restart_rise(metrics_path: Any, spec: Mapping | None, label: str, start_loss: float = float("nan")) -> tuple[float, str]:
+    """Largest rise of the training loss across a restart between the pair's endpoints: the logged (epoch-mean)
+    loss of epoch e+1 - that of epoch e, e a cycle end with a <= e < b from the label ``...w<a>-w<b>`` (every
+    restart when not named). When e is the first epoch its mean includes the untrained start, so "before" is then
+    the pair's own start loss (``start_loss``: the line at t = 0, evaluated at w_e) when the pair starts at e."""
     df, prob = read_table(metrics_path)
     if df is None or prob not in (None,) or not {"epoch", "train_loss"} <= set(df.columns):
         return float("nan"), f"SGDR metrics {prob or 'without epoch/train_loss'}"
@@ -46,9 +48,17 @@ def restart_rise(metrics_path: Any, spec: Mapping | None, label: str) -> tuple[f
     rs = [e for e in rs if (ab is None or ab[0] <= e < ab[1]) and e in d.index and e + 1 in d.index]
     if not rs:
         return float("nan"), "no restart between the endpoints with a logged epoch after it"
-    rises = {e: float(d[e + 1] - d[e]) for e in rs}
+    first = int(d.index.min())
+    rises, how = {}, {}
+    for e in rs:
+        if e > first:
+            rises[e], how[e] = float(d[e + 1] - d[e]), "epoch means"
+        elif ab is not None and ab[0] == e and math.isfinite(start_loss):
+            rises[e], how[e] = float(d[e + 1] - start_loss), "epoch mean after - the line's start loss"
+    if not rises:
+        return float("nan"), "not known: the only restart ends the first epoch (its mean includes the untrained start)"
     e = max(rises, key=rises.get)
-    return rises[e], f"restart after epoch {e}"
+    return rises[e], f"restart after epoch {e}; {how[e]}"
 
 
 def _unit_a(v: Verdict, files: Mapping, where: str, layout: Mapping, sgdr: tuple | None) -> tuple[dict, bool]:
@@ -73,7 +83,7 @@ def _unit_a(v: Verdict, files: Mapping, where: str, layout: Mapping, sgdr: tuple
     if sgdr is not None:
         metrics, spec, inst, label = sgdr
         m = _match(metrics, inst)
-        rise, at = restart_rise(m, spec, label)
+        rise, at = restart_rise(m, spec, label, K.ends(line, "train_loss")[0])
         marg = float(v.rules["restart_min_rise_nats"])
         v.measured[where]["restart_rise_nats"] = _num(rise)
         ok = v.premise(f"restart moved the run: {where}", math.isfinite(rise) and rise >= marg,
