@@ -566,3 +566,15 @@ def test_restart_after_the_first_epoch_compares_with_the_lines_start_loss(tmp_pa
     assert "not known" in restart_rise(m, spec, "sgdr-w1-w3")[1]
     rise, how = restart_rise(m, spec, "sgdr-w3-w7", 0.3)
     assert rise == pytest.approx(-0.1) and "epoch means" in how
+
+
+def test_measures_failing_their_control_are_reported_not_judged(tmp_path):
+    w = world(tmp_path, seeds=("seed0",))
+    df = pd.read_csv(w["controls"])
+    df.loc[(df["control"] == "change_detection") & (df["measure"] == "linear_cka"), "passes"] = False
+    df.to_csv(w["controls"], index=False)
+    c = claim(w, "5b")
+    assert c["verdict"] == "reproduced"
+    names = [e["name"] for e in c["effects"]]
+    assert any("linear_cka" in n and "not judged: linear_cka fails its positive control" in n for n in names)
+    assert c["measured"]["per measure"] == {"cca_mean": "holds"}

@@ -207,12 +207,15 @@ def gated_measures(v: Verdict, inputs: Mapping, control: str, default: str) -> t
                   f"{control} rows in controls.csv")
         return [default], False
     passing = []
+    v.measured["measures failing their control (reported, not judged)"] = []
     for _, r in rows.iterrows():
         ok = str(r.get("passes")).strip().lower() in ("true", "1", "1.0", "yes")
         v.premises.append(V.premise_record(f"{control.replace('_', ' ')} control: {r['measure']}", ok,
                                            r.get("statistic"), f"{r.get('rule', '')} (threshold {r.get('threshold')})"))
         if ok:
             passing.append(str(r["measure"]))
+        else:
+            v.measured["measures failing their control (reported, not judged)"].append(str(r["measure"]))
     v.measured.setdefault("positive control", {})[control] = {str(r["measure"]): {
         "passes": str(r.get("passes")), "statistic": _num(r.get("statistic")), "threshold": _num(r.get("threshold"))}
         for _, r in rows.iterrows()}
@@ -236,6 +239,20 @@ def per_measure(v: Verdict, measures: Sequence[str], judge: Callable[[str], None
         v.premise("measures agree (else measure-dependent)", len(decided) <= 1,
                   "; ".join(f"{m}: {r}" for m, r in results.items()), "every judged measure gives the same outcome")
     v.measured["per measure"] = results
+
+
+def report_failing(v: Verdict, judge: Callable[[str], None]) -> None:
+    """Issue 29.3: every configured measure is reported; those failing their control are computed (effects marked
+    "not judged") but add no check, premise or verdict."""
+    for m in v.measured.get("measures failing their control (reported, not judged)") or []:
+        n_checks, n_eff, n_prem = len(v.outcomes()), len(v.effects), len(v.premises)
+        blocking, units = list(v._blocking), list(v._unit_failures)
+        judge(m)
+        del v._checks[n_checks:]
+        del v.premises[n_prem:]
+        v._blocking[:], v._unit_failures[:] = blocking, units
+        for e in v.effects[n_eff:]:
+            e["name"] += f" [not judged: {m} fails its positive control]"
 
 
 def final_acc(path: Any) -> float:

@@ -113,6 +113,7 @@ def claim5(layout: Mapping, rules: Mapping, inputs: Mapping, texts: Mapping) -> 
         S.baseline(vb, layout, m)
 
     S.per_measure(vb, measures, judge)
+    S.report_failing(vb, judge)
     return [ea, vb.entry(rule_b)]
 
 
@@ -162,6 +163,7 @@ def claim6(layout: Mapping, rules: Mapping, inputs: Mapping, text: str) -> dict:
         S.judge_profile(v, diffs, f"depth profile P({fr}) - P({w}), {m}", -gap)
 
     S.per_measure(v, measures, judge)
+    S.report_failing(v, judge)
     v.effects.append(g)
     return v.entry(rule)
 
@@ -268,5 +270,6 @@ def claim7(layout: Mapping, rules: Mapping, inputs: Mapping, text: str) -> dict:
         S.baseline(v, layout, m)
 
     S.per_measure(v, measures, judge)
+    S.report_failing(v, judge)
     v.effects += fid  # the premise's numbers, after the judged effects
     return v.entry(rule)
