@@ -363,7 +363,7 @@ def _attach_layers(model: nn.Module, spec: dict, in_channels: int, num_classes: 
                    external: bool) -> None:
     """Analysis layers and parameter groups from the spec's patterns, or a factory's defaults (one forward pass)."""
     order, calls, out = factories.trace(model, in_channels, image_size)
-    factories.check_output(out, num_classes)
+    factories.check_output(out, num_classes, spec.get("adapt"))
     if "analysis_layers" in spec:
         model.closerlook_layers = factories.layers_from_patterns(model, spec["analysis_layers"], order, calls)
     elif external:
