@@ -145,12 +145,9 @@ def test_resolution_of_relative_imports():
     assert path.suffix == ".py"
 
 
-# Cycles still in modules other branches own, each with the import that closes it (removed from the
-# graph for the check); empty this as they are fixed.
-# issue 28 (align): align.fx_spec imports align_fx inside the function while align_fx imports align's
-# AlignError / Mixed / PermSpec at module level. Fix: move those three to a small module
-# (e.g. align_spec.py) that both import, then import align_fx at align's module level.
-KNOWN_CYCLE_EDGES = {("align", "align_fx")}
+# Cycles still in modules other branches own, each as the import that closes it (left out of the
+# graph for the check, with the issue that fixes it named here); empty: none known.
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def test_no_import_cycle_between_units():
