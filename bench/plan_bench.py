@@ -11,6 +11,8 @@ DAG is pending, exactly as on a fresh clone.
   trivial, paper, trivial, ...): a load spike hits both sides alike, so the ratio
   ``plan_ratio`` (median of the per-pair ratios) is robust on a shared machine where the
   seconds themselves are not. Target: ``plan_ratio <= 1.2``.
+- ``plan_paper_cpu_s`` / ``plan_trivial_cpu_s`` / ``plan_cpu_ratio``: the same in CPU seconds (user + system,
+  from ``os.wait4``): what the process itself spent, independent of other load on the machine.
 - ``plan_peak_rss_mb``: the paper dry run's peak resident memory (largest over the runs, from
   ``os.wait4``); target < 300 MiB. ``plan_trivial_rss_mb``: the same for the reference.
 - ``plan_jobs``: the paper DAG's job count (the reference is generated with this many).
@@ -54,10 +56,11 @@ def trivial_snakefile(n_jobs: int, n_rules: int = N_RULES) -> str:
     return "\n".join(lines)
 
 
-def dry_run(args: list[str]) -> tuple[float, float, str]:
-    """(wall s, peak RSS MiB, output) of one ``snakemake -n`` process in a fresh empty directory."""
+def dry_run(args: list[str], quiet: bool = True) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MiB, output) of one ``snakemake -n`` process in a fresh empty directory
+    (``quiet``: ``--quiet``, as timed; otherwise the job table is printed, for counting)."""
     with tempfile.TemporaryDirectory(prefix="closerlook-plan-") as d:
-        cmd = snakemake_cmd() + args + ["--directory", d, "-n", "--quiet", "--cores", "1"]
+        cmd = snakemake_cmd() + args + ["--directory", d, "-n", "--cores", "1"] + (["--quiet"] if quiet else [])
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out = p.stdout.read()
@@ -66,11 +69,11 @@ def dry_run(args: list[str]) -> tuple[float, float, str]:
         p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {out[-800:]}")
-    return wall, usage.ru_maxrss / 1024, out
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
 def job_count(output: str) -> int:
-    """The total of Snakemake's ``--quiet`` job-stats table."""
+    """The total of Snakemake's job-stats table (printed without ``--quiet``)."""
     m = re.search(r"^total\s+(\d+)", output, re.M)
     if not m:
         raise RuntimeError(f"no job count in the dry run's output: {output[-400:]}")
@@ -79,23 +82,24 @@ def job_count(output: str) -> int:
 
 def run(pairs: int = 5, configfile: str = "config/config.yaml") -> dict:
     paper = ["-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / configfile)]
-    _, _, out = dry_run(paper)  # warm the file cache; its job count sizes the reference
-    n = job_count(out)
+    n = job_count(dry_run(paper, quiet=False)[3])  # also warms the file cache; its job count sizes the reference
     with tempfile.TemporaryDirectory(prefix="closerlook-trivial-") as d:
         ref = Path(d) / "Snakefile"
         ref.write_text(trivial_snakefile(n))
         trivial = ["-s", str(ref)]
-        n_ref = job_count(dry_run(trivial)[2])
-        ps, ts, prss, trss = [], [], [], []
+        n_ref = job_count(dry_run(trivial, quiet=False)[3])
+        runs: dict[str, list[tuple]] = {"paper": [], "trivial": []}
         for _ in range(pairs):
-            for side, times, rss in ((paper, ps, prss), (trivial, ts, trss)):
-                wall, peak, _ = dry_run(side)
-                times.append(wall)
-                rss.append(peak)
+            for side, args in (("paper", paper), ("trivial", trivial)):
+                runs[side].append(dry_run(args)[:3])
+    (ps, pcpu, prss), (ts, tcpu, trss) = (list(zip(*runs["paper"])), list(zip(*runs["trivial"])))
     ratios = [p / t for p, t in zip(ps, ts)]
+    med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
     return {"plan_jobs": n, "plan_trivial_jobs": n_ref, "plan_pairs": pairs,
-            "plan_paper_s": round(statistics.median(ps), 3), "plan_trivial_s": round(statistics.median(ts), 3),
-            "plan_ratio": round(statistics.median(ratios), 3), "plan_ratios": [round(r, 3) for r in ratios],
+            "plan_paper_s": med(ps), "plan_trivial_s": med(ts),
+            "plan_ratio": med(ratios), "plan_ratios": [round(r, 3) for r in ratios],
+            "plan_paper_cpu_s": med(pcpu), "plan_trivial_cpu_s": med(tcpu),
+            "plan_cpu_ratio": med([p / t for p, t in zip(pcpu, tcpu)]),
             "plan_peak_rss_mb": round(max(prss), 1), "plan_trivial_rss_mb": round(max(trss), 1)}
 
 

@@ -20,7 +20,7 @@ from .settings import (BLOCKS, NESTED, merged, curve_settings, plane_settings, a
                        sharpness_settings, similarity_settings, align_settings, autoneb_settings, ensemble_settings,
                        claim_rules)
 from .resolve import (Endpoint, endpoint_tag, run_names, resolve_run, data_spec, data_source, probe_size, checkpoint_tags,
-                      results_dir, ckpt_path, activation_dir, teacher_endpoint, run_spec, model_factories, pair_instances,
+                      results_dir, ckpt_path, activation_dir, teacher_endpoint, run_spec, model_factories, model_check_params, pair_instances,
                       curve_instances, plane_projection, lens_instances, lens_trajectory, sharpness_checkpoints,
                       comparison_instances, curve_aligns, curve_end, autoneb_curves, path_kinds, ensemble_base,
                       ensemble_inst, ensemble_curve, ensemble_members, ensemble_budgets, ensemble_training)

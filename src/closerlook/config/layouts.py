@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import paths
-from .resolve import (comparison_instances, curve_instances, ensemble_inst, lens_instances, path_kinds,
-                      plane_projection, resolve_run, results_dir, run_spec, sharpness_checkpoints)
+from .resolve import (_resolved, comparison_instances, curve_instances, ensemble_inst, lens_instances, path_kinds,
+                      plane_projection, results_dir, run_spec, sharpness_checkpoints)
 from .settings import claim_rules, lens_settings, sharpness_settings, similarity_settings
 
 def figure_names(cfg: dict) -> list[str]:
@@ -40,7 +40,7 @@ class _Inputs:
         return path
 
     def metrics(self, run: str) -> dict[str, str]:
-        return {f"seed{s}": self.file(paths.run_metrics(self.R, run, s)) for s in resolve_run(self.cfg, run)["seeds"]}
+        return {f"seed{s}": self.file(paths.run_metrics(self.R, run, s)) for s in _resolved(self.cfg, run)["seeds"]}
 
     def pairs(self, curves: Iterable[str]) -> dict:
         return {c: {inst: {k: self.file(paths.path_table(self.R, c, inst, k)) for k in path_kinds(self.cfg, c)}
@@ -48,7 +48,7 @@ class _Inputs:
                 for c in curves}
 
     def spec(self, run: str) -> dict:
-        return run_spec(self.cfg, run, resolve_run(self.cfg, run)["seeds"][0])
+        return run_spec(self.cfg, run, _resolved(self.cfg, run)["seeds"][0])
 
 
 def _plane_layout(cfg: dict, inp: _Inputs, plane: str) -> dict:

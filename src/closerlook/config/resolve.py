@@ -53,7 +53,28 @@ def run_names(cfg: dict) -> list[str]:
 
 
 def resolve_run(cfg: dict, name: str) -> dict:
-    """The run's settings: built-in defaults < config ``defaults`` < the run's own keys."""
+    """The run's settings: built-in defaults < config ``defaults`` < the run's own keys (a copy of its own)."""
+    return copy.deepcopy(_resolved(cfg, name))
+
+
+_RESOLVED: dict[tuple[str, str, str], dict] = {}
+
+
+def _resolved(cfg: dict, name: str) -> dict:
+    """:func:`resolve_run` shared, for reading only: planning resolves each run some 400 times (seeds, tags,
+    models of every endpoint), and the deep copies were a sixth of the DAG's cost. Keyed by the contents
+    (``repr``) of what it is built from, so a changed config resolves afresh."""
+    if name not in cfg["runs"]:
+        raise ConfigError(f"config key runs: no run named {name!r} (runs: {', '.join(cfg['runs'])})")
+    key = (name, repr(cfg.get("defaults")), repr(cfg["runs"][name]))
+    if key not in _RESOLVED:
+        if len(_RESOLVED) > 4096:  # many configs in one process (the tests): start again
+            _RESOLVED.clear()
+        _RESOLVED[key] = _resolve(cfg, name)
+    return _RESOLVED[key]
+
+
+def _resolve(cfg: dict, name: str) -> dict:
     if name not in cfg["runs"]:
         raise ConfigError(f"config key runs: no run named {name!r} (runs: {', '.join(cfg['runs'])})")
     run = _run_defaults()
@@ -108,7 +129,7 @@ def activation_dir(cfg: dict, ep: Endpoint) -> str:
 
 
 def teacher_endpoint(cfg: dict, run_name: str, seed: int) -> Endpoint | None:
-    run = resolve_run(cfg, run_name)
+    run = _resolved(cfg, run_name)
     if not run.get("distill"):
         return None
     t = run["distill"]["teacher"]
@@ -135,8 +156,15 @@ def model_factories(cfg: dict) -> list[str]:
     """The external model factories (``module:callable``) the config's runs name: the only ones a
     checkpoint may make a job import (:func:`closerlook.models.model_from_checkpoint`). The scripts read it
     from the config, not from a rule param: it changes no result, so it must not make Snakemake rerun jobs."""
-    names = {(resolve_run(cfg, r).get("model") or {}).get("name") for r in cfg["runs"]}
+    names = {(_resolved(cfg, r).get("model") or {}).get("name") for r in cfg["runs"]}
     return sorted(n for n in names if catalog.is_external(n))
+
+
+def model_check_params(cfg: dict, name: str) -> dict:
+    """What the ``check_models`` job checks of one run (its params: a change re-runs the check): the model
+    block, the freeze block and the data set (the model is built for the data's shape)."""
+    run = _resolved(cfg, name)
+    return copy.deepcopy({"model": run["model"], "freeze": run.get("freeze"), "data": cfg["data"]["name"]})
 
 
 def pair_instances(cfg: dict, a: dict, b: dict, key: str, sides: tuple[str, str] = ("start", "end")) -> dict[str, tuple[Endpoint, Endpoint]]:
@@ -152,8 +180,8 @@ def pair_instances(cfg: dict, a: dict, b: dict, key: str, sides: tuple[str, str]
     ta, tb = endpoint_tag(a, f"{key}.{sides[0]}"), endpoint_tag(b, f"{key}.{sides[1]}")
     sa, sb = a.get("seed"), b.get("seed")
     if sa is None and sb is None:
-        seeds_a = resolve_run(cfg, a["run"])["seeds"]
-        seeds_b = resolve_run(cfg, b["run"])["seeds"]
+        seeds_a = _resolved(cfg, a["run"])["seeds"]
+        seeds_b = _resolved(cfg, b["run"])["seeds"]
         common = [s for s in seeds_a if s in seeds_b]
         if not common:
             raise ConfigError(f"config key {key}: runs {a['run']!r} and {b['run']!r} share no seed; give seeds explicitly")
@@ -195,7 +223,7 @@ def lens_trajectory(cfg: dict, inst: str) -> list[Endpoint]:
     t = (cfg["lenses"].get("trajectory") or {})
     run = t.get("run", w1.run)
     seed = int(t.get("seed", w1.seed))
-    tags = [tag for tag in checkpoint_tags(resolve_run(cfg, run)) if tag != "final"] + ["final"]
+    tags = [tag for tag in checkpoint_tags(_resolved(cfg, run)) if tag != "final"] + ["final"]
     return [Endpoint(run, seed, tag) for tag in tags]
 
 
@@ -206,7 +234,7 @@ def sharpness_checkpoints(cfg: dict) -> dict[str, Endpoint]:
         key = f"sharpness.checkpoints.{label}"
         if ep["run"] not in cfg["runs"]:
             raise ConfigError(f"config key {key}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")
-        seed = int(ep.get("seed", resolve_run(cfg, ep["run"])["seeds"][0]))
+        seed = int(ep.get("seed", _resolved(cfg, ep["run"])["seeds"][0]))
         out[label] = Endpoint(ep["run"], seed, endpoint_tag(ep, key))
     return out
 
@@ -227,7 +255,7 @@ def curve_end(cfg: dict, name: str, inst: str) -> str:
 
 
 def _has_bn(cfg: dict, run: str) -> bool:
-    return catalog.normalise_spec(resolve_run(cfg, run)["model"])["batch_norm"]
+    return catalog.normalise_spec(_resolved(cfg, run)["model"])["batch_norm"]
 
 
 def autoneb_curves(cfg: dict) -> list[str]:
@@ -245,7 +273,7 @@ def path_kinds(cfg: dict, name: str) -> list[str]:
 
 def _endpoint_epochs(cfg: dict, ep: Endpoint, key: str) -> float:
     if ep.tag == "final":
-        return float(resolve_run(cfg, ep.run)["epochs"])
+        return float(_resolved(cfg, ep.run)["epochs"])
     if ep.tag.startswith("epoch"):
         return float(ep.tag[len("epoch"):])
     raise ConfigError(f"config key {key}: give an epoch or final: true (an iteration has no epoch count)")
@@ -253,7 +281,7 @@ def _endpoint_epochs(cfg: dict, ep: Endpoint, key: str) -> float:
 
 def ensemble_base(cfg: dict) -> Endpoint:
     b = cfg["ensembles"]["base"]
-    seed = int(b.get("seed", resolve_run(cfg, b["run"])["seeds"][0]))
+    seed = int(b.get("seed", _resolved(cfg, b["run"])["seeds"][0]))
     return Endpoint(b["run"], seed, endpoint_tag(b, "ensembles.base"))
 
 
@@ -272,9 +300,9 @@ def ensemble_members(cfg: dict) -> dict[str, list[Endpoint]]:
     e, k = cfg["ensembles"], ensemble_settings(cfg)["members"]
     ind = e["independent"]
     tag = endpoint_tag({"final": True} if "epoch" not in ind and "final" not in ind else ind, "ensembles.independent")
-    seeds = resolve_run(cfg, ind["run"])["seeds"][:k]
+    seeds = _resolved(cfg, ind["run"])["seeds"][:k]
     snap = e["snapshot"]
-    sseed = int(snap.get("seed", resolve_run(cfg, snap["run"])["seeds"][0]))
+    sseed = int(snap.get("seed", _resolved(cfg, snap["run"])["seeds"][0]))
     return {"independent": [Endpoint(ind["run"], int(s), tag) for s in seeds],
             "snapshot": [Endpoint(snap["run"], sseed, f"epoch{x}") for x in snap["epochs"]]}
 

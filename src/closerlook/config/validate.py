@@ -5,6 +5,7 @@ a per-layer comparison between different architectures, ...), each error a
 workflow's ``check_models`` job, before any training)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -13,9 +14,9 @@ from ..io import ConfigError
 from ..schedules import sgdr_cycle_ends
 from ..spec import validate_run_spec
 from .load import NAME_RE, SCHEMA_PATH, load_yaml
-from .resolve import (Endpoint, _endpoint_epochs, autoneb_curves, checkpoint_tags, comparison_instances,
+from .resolve import (_resolved, Endpoint, _endpoint_epochs, autoneb_curves, checkpoint_tags, comparison_instances,
                       curve_instances, ensemble_base, ensemble_budgets, ensemble_members, lens_instances,
-                      lens_trajectory, plane_projection, resolve_run, run_spec, sharpness_checkpoints,
+                      lens_trajectory, plane_projection, run_spec, sharpness_checkpoints,
                       teacher_endpoint)
 from .settings import autoneb_settings, ensemble_settings, similarity_settings
 
@@ -26,12 +27,16 @@ def _key(path: Iterable[Any]) -> str:
     return out or "<top level>"
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    return load_yaml(SCHEMA_PATH)
+
+
 def validate_schema(cfg: dict) -> None:
     """JSON-schema check; the error names the key path and the problem."""
     import jsonschema  # (0.1 s: imported when a config is checked, not by every importer of closerlook.config)
 
-    schema = load_yaml(SCHEMA_PATH)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return
@@ -68,7 +73,7 @@ def validate_config(cfg: dict, models: bool = True, schema: bool = True) -> None
         validate_schema(cfg)
 
     for name in cfg["runs"]:
-        run = resolve_run(cfg, name)
+        run = _resolved(cfg, name)
         key = f"runs.{name}"
         ck = run["checkpoints"]
         for e in ck["epochs"]:
@@ -137,7 +142,7 @@ def _check_teacher_cycles(cfg: dict) -> None:
     for start in cfg["runs"]:
         seen, cur = [start], start
         while True:
-            d = resolve_run(cfg, cur).get("distill")
+            d = _resolved(cfg, cur).get("distill")
             if not d:
                 break
             cur = d["teacher"]["run"]
@@ -201,14 +206,14 @@ def _check_ensembles(cfg: dict) -> None:
     ind = e["independent"]
     if ind["run"] not in cfg["runs"]:
         raise ConfigError(f"config key ensembles.independent.run: no run named {ind['run']!r}")
-    seeds = resolve_run(cfg, ind["run"])["seeds"]
+    seeds = _resolved(cfg, ind["run"])["seeds"]
     if len(seeds) < k:
         raise ConfigError(f"config key ensembles.independent.run: run {ind['run']!r} has {len(seeds)} seed(s), "
                           f"the comparison needs members = {k}")
     snap = e["snapshot"]
     if len(snap["epochs"]) != k:
         raise ConfigError(f"config key ensembles.snapshot.epochs: {len(snap['epochs'])} snapshots for members = {k}")
-    srun = resolve_run(cfg, snap["run"]) if snap["run"] in cfg["runs"] else None
+    srun = _resolved(cfg, snap["run"]) if snap["run"] in cfg["runs"] else None
     ends = sgdr_cycle_ends(srun["schedule"], srun["epochs"]) if srun else []
     for x in snap["epochs"]:
         if not any(abs(x - c) < 1e-9 for c in ends):
@@ -234,7 +239,7 @@ def _check_ensembles(cfg: dict) -> None:
 def _check_endpoint(cfg: dict, ep: Endpoint, key: str) -> None:
     if ep.run not in cfg["runs"]:
         raise ConfigError(f"config key {key}.run: no run named {ep.run!r} (runs: {', '.join(cfg['runs'])})")
-    run = resolve_run(cfg, ep.run)
+    run = _resolved(cfg, ep.run)
     if ep.seed not in run["seeds"]:
         raise ConfigError(f"config key {key}.seed: run {ep.run!r} has no seed {ep.seed} (its seeds: {run['seeds']})")
     if ep.tag not in checkpoint_tags(run):
@@ -246,7 +251,7 @@ def _check_endpoint(cfg: dict, ep: Endpoint, key: str) -> None:
 
 
 def _same_arch(cfg: dict, a: Endpoint, b: Endpoint, key: str) -> None:
-    ma, mb = resolve_run(cfg, a.run)["model"], resolve_run(cfg, b.run)["model"]
+    ma, mb = _resolved(cfg, a.run)["model"], _resolved(cfg, b.run)["model"]
     if arch_key(ma) != arch_key(mb):
         raise ConfigError(
             f"config key {key}: per-layer comparison between different architectures "
@@ -269,7 +274,7 @@ def check_models(cfg: dict) -> list[str]:
     first job, ``check_models``, which every training job waits for; a ConfigError names the run's key.
     Returns the runs checked."""
     for name in cfg["runs"]:
-        run = resolve_run(cfg, name)
+        run = _resolved(cfg, name)
         try:
             validate_run_spec(run_spec(cfg, name, run["seeds"][0]), build=True)
         except ConfigError as exc:

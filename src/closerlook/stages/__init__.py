@@ -14,7 +14,7 @@ One module per rule file of ``workflow/rules/`` (``stages/curves.py`` holds the 
 """
 from ._common import Log
 from .data import prepare_data, data_info
-from .train import train
+from .train import check_models, train
 from .curves import fit_curve, evaluate_path, evaluate_paths, plane
 from .lenses import lens_slices, lens_trajectory, lens_pca_grid
 from .sharpness import sharpness_path, sharpness_checkpoint
@@ -26,4 +26,4 @@ from .align import align_end, evaluate_aligned
 from .autoneb import autoneb
 from .ensembles import fge, swa, ensembles
 
-__all__ = ["Log", "prepare_data", "data_info", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles"]
+__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles"]
