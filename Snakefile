@@ -7,9 +7,9 @@ import gc
 
 from snakemake.utils import min_version
 
-# Planning cost (docs/performance.md): everything imported so far (Snakemake, pandas, ...) lives as long as
-# this process, so move it out of the collector's sight; full collections then scan only what planning
-# creates (~0.08 CPU-s less per `snakemake` call on the paper DAG, measured with bench/plan_bench.py).
+# Planning cost (issue 26.1, bench/plan_bench.py): what is imported so far (Snakemake, pandas, ...)
+# lives as long as this process, so it is moved out of the collector's sight: full collections scan
+# only what planning creates (0.35 of 1.8 CPU-s of `snakemake -n` on the paper DAG, exit included).
 gc.freeze()
 
 min_version("9.0")

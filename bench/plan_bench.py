@@ -103,6 +103,24 @@ def run(pairs: int = 5, configfile: str = "config/config.yaml") -> dict:
             "plan_peak_rss_mb": round(max(prss), 1), "plan_trivial_rss_mb": round(max(trss), 1)}
 
 
+# the rows and targets of bench/run.py's table (registered there with one line: `register(ROWS, TARGETS)`)
+ROWS = [
+    ("workflow", "plan_ratio", "dry run: paper DAG / same-size trivial, wall", "python -m bench.plan_bench"),
+    ("workflow", "plan_cpu_ratio", "dry run: paper DAG / trivial, CPU s", "python -m bench.plan_bench"),
+    ("workflow", "plan_paper_s", "dry run, paper DAG, wall s (median)", "python -m bench.plan_bench"),
+    ("workflow", "plan_trivial_s", "dry run, trivial same-size DAG, wall s", "python -m bench.plan_bench"),
+    ("workflow", "plan_peak_rss_mb", "dry run, paper DAG, peak RSS MiB", "python -m bench.plan_bench"),
+]
+TARGETS = {"plan_ratio": ("<=", 1.2, "<= 1.2x"), "plan_peak_rss_mb": ("<=", 300.0, "<= 300 MiB")}
+
+
+def register(rows: list, targets: dict, pairs: int = 5):
+    """Add this bench's rows and targets to bench/run.py's table; returns the section to run."""
+    rows.extend(r for r in ROWS if r not in rows)
+    targets.update(TARGETS)
+    return lambda: run(pairs)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m bench.plan_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5)

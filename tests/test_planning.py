@@ -83,3 +83,14 @@ def test_training_waits_for_check_models_without_retraining_on_a_recheck():
     """Every train rule takes the check's output as an ancient input: ordered after it, never rerun by it."""
     text = (REPO / "workflow" / "rules" / "train.smk").read_text()
     assert "rule check_models:" in text and "models=ancient(P.models_check(R))" in text
+
+
+def test_plan_bench_reference_has_the_issues_shape():
+    """The reference Snakefile: 12 rules (`all` among them) and exactly as many jobs as asked for."""
+    import ast
+
+    from bench.plan_bench import trivial_snakefile
+
+    text = trivial_snakefile(92)
+    counts = ast.literal_eval(text.splitlines()[0].split("=", 1)[1].strip())
+    assert text.count("\nrule ") + text.startswith("rule ") == 12 and sum(counts) + 1 == 92
