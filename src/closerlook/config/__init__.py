@@ -25,4 +25,5 @@ from .resolve import (Endpoint, endpoint_tag, run_names, resolve_run, data_spec,
                       comparison_instances, curve_aligns, curve_end, autoneb_curves, path_kinds, ensemble_base,
                       ensemble_inst, ensemble_curve, ensemble_members, ensemble_budgets, ensemble_training)
 from .validate import (validate_schema, load_config, validate_config, check_models)
-from .layouts import (figure_names, claim_figures, figure_formats, figure_files, figure_layout, figure_options)
+from .layouts import (figure_names, claim_figures, figure_formats, figure_files, figure_layout, figure_options,
+                      claims_inputs, claims_input_files)
