@@ -45,17 +45,12 @@ from torch.func import functional_call
 from .align_fx import derive
 from .align_spec import AlignError, Axis, Mixed, PermSpec, _names  # noqa: F401 - re-exported: the public names
 from .data import batches_of
+from .defaults import ALIGN_DEFAULTS, CURVE_ALIGN_DEFAULT  # noqa: F401 (torch-free: planning imports no torch)
 from .landscape import evaluate_point
 from .models import VGG, ResNet18
 from .tables import PATH_COLUMNS
 
-# the one owner of alignment defaults (config `align:`): Ainsworth et al.'s weight matching, iterated until
-# no permutation group improves (at most max_iter sweeps, groups in a seeded random order); REPAIR statistics
-# from the first repair_images training images (Jordan et al. use 5,000 for CIFAR-10)
-ALIGN_DEFAULTS: dict[str, Any] = {"method": "weights", "max_iter": 100, "seed": 0, "repair": True,
-                                  "repair_images": 1000}
 METHODS = ("weights", "none")
-CURVE_ALIGN_DEFAULT = "none"  # a curve's `align:` option: its end is used as trained unless it says `weights`
 
 
 # --------------------------------------------------------------------------- built-in families
