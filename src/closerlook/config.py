@@ -687,6 +687,7 @@ def validate_config(cfg: dict) -> None:
             _same_arch(cfg, a, b, f"similarity.comparisons.{name}")
     _check_extras(cfg)
     _check_figures(cfg, sim)
+    control_endpoints(cfg)  # added by simctl: the controls' endpoints exist (closerlook.controls)
 
 
 def _check_lenses(cfg: dict) -> None:
@@ -876,3 +877,53 @@ def figure_options(cfg: dict, fig: str) -> dict:
     if "dpi" in figs:
         opts["dpi"] = figs["dpi"]
     return opts
+
+
+# --- added by simctl: the similarity measures' positive controls (config block `controls:`, closerlook.controls)
+def control_settings(cfg: dict) -> dict:
+    """The `controls:` block over closerlook.controls.CONTROL_DEFAULTS; `measures` defaults to the similarity
+    block's measures (the DFT measure, which needs full conv maps, is left out). {} when no control is configured."""
+    from .controls import CONTROL_DEFAULTS
+
+    block = cfg.get("controls") or {}
+    if not (block.get("identification") or block.get("change_detection")):
+        return {}
+    s = copy.deepcopy({**CONTROL_DEFAULTS, **block})
+    if not s.get("measures"):
+        s["measures"] = [m for m in similarity_settings(cfg)["measures"] if m != "dft_cca_mean98"]
+    return s
+
+
+def _control_endpoint(cfg: dict, ep: dict, key: str) -> Endpoint:
+    if ep["run"] not in cfg["runs"]:
+        raise ConfigError(f"config key {key}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")
+    seed = int(ep.get("seed", resolve_run(cfg, ep["run"])["seeds"][0]))
+    out = Endpoint(ep["run"], seed, endpoint_tag(ep, key))
+    _check_endpoint(cfg, out, key)
+    return out
+
+
+def control_endpoints(cfg: dict) -> dict[str, Endpoint]:
+    """``{"a", "b"}`` (identification: two seeds of one recipe) and ``{"checkpoint"}`` (change detection),
+    for the controls configured."""
+    s = control_settings(cfg)
+    out = {}
+    if s.get("identification"):
+        for side in ("a", "b"):
+            out[side] = _control_endpoint(cfg, s["identification"][side], f"controls.identification.{side}")
+        if out["a"].run != out["b"].run or out["a"].seed == out["b"].seed:
+            raise ConfigError("config key controls.identification: a and b must be two seeds of one run "
+                              f"(got {out['a'].label} and {out['b'].label})")
+        _same_arch(cfg, out["a"], out["b"], "controls.identification")
+    if s.get("change_detection"):
+        out["checkpoint"] = _control_endpoint(cfg, s["change_detection"]["checkpoint"],
+                                              "controls.change_detection.checkpoint")
+    return out
+
+
+def control_layout(cfg: dict) -> dict[str, str]:
+    """The claims layout's keys for the controls (interface A): ``{"controls", "controls_md"}``; {} when none."""
+    if not control_settings(cfg):
+        return {}
+    R = results_dir(cfg)
+    return {"controls": paths.controls_table(R), "controls_md": paths.controls_markdown(R)}

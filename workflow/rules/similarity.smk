@@ -21,3 +21,46 @@ rule similarity:
         ENV
     script:
         "../../scripts/similarity.py"
+
+
+# Positive controls of the similarity measures (closerlook.controls): layer identification between two
+# seeds of one recipe (their activation stores), change detection on one checkpoint with a middle layer
+# re-initialised (captured inside the job). One job: claims reads all four outputs together.
+CTRL = C.control_settings(config)
+
+
+def _controls_inputs(wc):
+    eps = C.control_endpoints(config)
+    d = {side: C.activation_dir(config, eps[side]) for side in ("a", "b") if side in eps}
+    if "checkpoint" in eps:
+        d["ckpt"] = ckpt(eps["checkpoint"])
+        d["data"] = DATA_CACHE
+    return d
+
+
+if CTRL:
+
+    rule similarity_controls:
+        input:
+            unpack(_controls_inputs),
+        output:
+            controls=P.controls_table(R),
+            controls_md=P.controls_markdown(R),
+            identification=P.identification_table(R),
+            change_detection=P.change_detection_table(R),
+        params:
+            settings=CTRL,
+            act=ACT,
+            data=DATA,
+            probe_size=C.probe_size(config),
+        log:
+            P.log(R, "similarity", "controls"),
+        threads: res("similarity", "threads", 1)
+        resources:
+            gpu=GPU,
+            mem_mb=res("similarity", "mem_mb", 8000),
+            runtime=res("similarity", "runtime", 60),
+        conda:
+            ENV
+        script:
+            "../../scripts/similarity_controls.py"
