@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .similarity import SampleSizeWarning, _values
+from .similarity import SampleSizeWarning
+from .similarity_tables import _values
 
 __all__ = [
     "CONTROL_DEFAULTS",

@@ -19,7 +19,8 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     the others. A store from a diverged checkpoint gives rows with NaN and ``status = diverged``.
     """
     from ..activations import load_store
-    from ..similarity import COMPARISON_DEFAULTS, layer_rows
+    from ..similarity import COMPARISON_DEFAULTS
+    from ..similarity_tables import layer_rows
     from ..tables import SIMILARITY_COLUMNS
 
     s = {**COMPARISON_DEFAULTS, **settings}
