@@ -132,3 +132,23 @@ def test_controls_table_has_interface_a_columns():
     assert rows[1]["passes"] is False                   # nothing changed: the target stays at 1
     md = K.controls_markdown(ident, ch)
     assert "Layer identification" in md and "Change detection" in md
+
+
+def test_stage_writes_interface_a_outputs(tmp_path):
+    import pandas as pd
+
+    from closerlook import stages
+    from closerlook.activations import save_store
+
+    rng = np.random.default_rng(3)
+    a = _chain(rng, n=300, depth=4)
+    save_store(tmp_path / "a", {k: v.astype(np.float32) for k, v in a.items()}, {"status": "ok"})
+    save_store(tmp_path / "b", {k: (v @ _rotation(rng, 16)).astype(np.float32) for k, v in a.items()}, {"status": "ok"})
+    outs = {k: str(tmp_path / f"{k}.out") for k in ("controls", "controls_md", "identification", "change_detection")}
+    s = {**K.CONTROL_DEFAULTS, "measures": ["linear_cka", "cca_mean"]}
+    stages.similarity_controls(outs, s, stores={"a": str(tmp_path / "a"), "b": str(tmp_path / "b")})
+    df = pd.read_csv(outs["controls"])
+    assert list(df.columns) == K.CONTROL_COLUMNS and df["passes"].all() and (df["control"] == "identification").all()
+    ident = pd.read_csv(outs["identification"])
+    assert len(ident) == 8 and "vs_l0" in ident.columns
+    assert "Layer identification" in open(outs["controls_md"]).read()
