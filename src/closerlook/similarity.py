@@ -53,7 +53,7 @@ Sample size: CCA needs many more datapoints than neurons.  With
 would be 1 by construction); below 5 datapoints per neuron a
 :class:`SampleSizeWarning` names the chance level (unrelated random data with
 64 neurons gives mean CCA 0.76 / 0.39 / 0.12 at 1.5 / 5 / 50 datapoints per
-neuron).  Use :func:`chance_baseline` to measure it for your data.
+neuron).  Use :func:`closerlook.similarity_tables.chance_baseline` to measure it for your data.
 """
 from __future__ import annotations
 
@@ -85,11 +85,9 @@ __all__ = [
     "SVCCAResult",
     "MEASURES",
     "measure",
-    "chance_baseline",
-    "similarity_matrix",
-    "layer_table",
-    "layer_rows",
 ]
+# The comparison tables (chance_baseline, similarity_matrix, subsample_indices, layer_table, layer_rows)
+# live in closerlook.similarity_tables, which builds on this module.
 
 # the workflow's per-layer comparisons (config `similarity:`): measures computed, shuffle-chance column
 CHANCE_SHUFFLES = 20  # shuffles behind each chance level: p-values >= 1/21; K >= 99 for p < 0.01
@@ -431,18 +429,3 @@ def measure(name: str | Callable, x: Any, y: Any) -> float:
     except KeyError:
         raise ValueError(f"unknown similarity measure {name!r}; known: {sorted(MEASURES)}") from None
     return float(fn(x, y))
-
-
-# The comparison tables (chance shuffles, subsamples, per-layer rows, calibration) live in
-# closerlook.similarity_tables, which builds on this module; their old names still resolve here,
-# loaded on first use (a top-level import would be circular).
-_TABLE_NAMES = ("chance_baseline", "similarity_matrix", "layer_table", "layer_rows", "subsample_indices",
-                "_values", "_take", "_chance_stats", "_row", "_shuffled", "_SPATIAL_MEASURES")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TABLE_NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(".similarity_tables", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

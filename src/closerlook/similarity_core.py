@@ -23,7 +23,7 @@ DEFAULT_RANK_TOL = {"float64": 1e-10, "float32": 1e-6}
 _CHANCE_NOTE = (
     "unrelated random data with 64 neurons gives mean CCA 0.76 / 0.39 / 0.12 at "
     "1.5 / 5 / 50 datapoints per neuron (docs: ANCHORS.md); compare against "
-    "closerlook.similarity.chance_baseline"
+    "closerlook.similarity_tables.chance_baseline"
 )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .similarity import (_STAT_MEASURES, CHANCE_SHUFFLES, CovarianceAccumulator, SampleSizeWarning, _is_torch,
                          _torch, measure)
+from .verdicts import calibrated, permutation_p
 
 __all__ = ["chance_baseline", "similarity_matrix", "subsample_indices", "layer_table", "layer_rows"]
 
@@ -100,8 +101,6 @@ def subsample_indices(n: int, count: int, size: int | None, seed: int = 0) -> li
 
 
 def _row(name, idx, m, sample, n_img, value, shuffles, exclude_within) -> dict:
-    from .verdicts import calibrated, permutation_p
-
     finite = shuffles[np.isfinite(shuffles)]
     ch = float(np.mean(finite)) if finite.size else float("nan")
     return {"layer": name, "layer_index": idx, "measure": m, "sample": sample, "n_images": int(n_img),

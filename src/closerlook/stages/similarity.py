@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..io import atomic_path, load_checkpoint
-from ..tables import write_csv
+from ..tables import SIMILARITY_COLUMNS, write_csv
 
 
 def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: tuple[str, str] = ("a", "b")) -> list[dict]:
@@ -21,7 +21,6 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     from ..activations import load_store
     from ..similarity import COMPARISON_DEFAULTS
     from ..similarity_tables import layer_rows
-    from ..tables import SIMILARITY_COLUMNS
 
     s = {**COMPARISON_DEFAULTS, **settings}
     measures = list(s["measures"])
