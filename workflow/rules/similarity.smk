@@ -53,11 +53,9 @@ if CTRL:
             probe_size=C.probe_size(config),
         log:
             P.log(R, "similarity", "controls"),
-        threads: res("similarity", "threads", 1)
+        threads: stage_threads("similarity")
         resources:
-            gpu=GPU,
-            mem_mb=res("similarity", "mem_mb", 8000),
-            runtime=res("similarity", "runtime", 60),
+            **stage_resources("similarity", runtime=60),
         conda:
             ENV
         script:
