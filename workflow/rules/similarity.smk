@@ -24,18 +24,7 @@ rule similarity:
 # Positive controls of the similarity measures (closerlook.controls): layer identification between two
 # seeds of one recipe (their activation stores), change detection on one checkpoint with a middle layer
 # re-initialised (captured inside the job). One job: claims reads all four outputs together.
-CTRL = C.control_settings(config)
-
-
-def _controls_inputs(wc):
-    eps = C.control_endpoints(config)
-    d = {side: C.activation_dir(config, eps[side]) for side in ("a", "b") if side in eps}
-    if "checkpoint" in eps:
-        d["ckpt"] = ckpt(eps["checkpoint"])
-        d["data"] = DATA_CACHE
-    return d
-
-
+# CTRL and _controls_inputs: common.smk.
 if CTRL:
 
     rule similarity_controls:
