@@ -152,3 +152,25 @@ def test_stage_writes_interface_a_outputs(tmp_path):
     ident = pd.read_csv(outs["identification"])
     assert len(ident) == 8 and "vs_l0" in ident.columns
     assert "Layer identification" in open(outs["controls_md"]).read()
+
+
+def test_config_controls_block_resolves_and_refuses_bad_pairs():
+    import copy
+
+    from closerlook import config as C
+    from closerlook.io import ConfigError
+
+    cfg = C.load_config("config/demo.yaml")
+    s = C.control_settings(cfg)
+    assert s["measures"] == cfg["similarity"]["measures"] and s["level"] == 0.95
+    eps = C.control_endpoints(cfg)
+    assert (eps["a"].seed, eps["b"].seed, eps["checkpoint"].tag) == (0, 1, "final")
+    lay = C.control_layout(cfg)
+    assert lay == {"controls": "results/demo/similarity/controls.csv", "controls_md": "results/demo/similarity/controls.md"}
+    bad = copy.deepcopy(cfg)
+    bad["controls"]["identification"]["b"] = {"run": "adam", "final": True, "seed": 1}
+    with pytest.raises(ConfigError, match="controls.identification"):
+        C.control_endpoints(bad)
+    none = copy.deepcopy(cfg)
+    del none["controls"]
+    assert C.control_settings(none) == {} and C.control_layout(none) == {}
