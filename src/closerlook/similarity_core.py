@@ -252,7 +252,7 @@ def _cca_solve(n: int, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
         cyy[np.diag_indices(ny)] += epsilon
     if not directions:
         # fast path: Cholesky whitening when both blocks are well conditioned
-        # (LAPACK's condition estimate well above rank_tol, so the eigen path
+        # (the 1-norm condition number well above rank_tol, so the eigen path
         # would keep every direction: identical coefficients, fewer flops)
         lx, ly = _chol_if_well_conditioned(cxx, rank_tol), _chol_if_well_conditioned(cyy, rank_tol)
         if lx is not None and ly is not None:
