@@ -5,13 +5,12 @@
 rule claims:
     input:
         _claims_inputs,
-        list(C.control_layout(config).values()),  # the similarity measures' positive controls (interface A)
     output:
         json=report(P.claims_file(R, "json"), caption="../report/claims.rst", category="Claims"),
         md=report(P.claims_file(R, "md"), caption="../report/claims.rst", category="Claims"),
     params:
         layouts=lambda wc: {**{fig: C.figure_layout(config, fig)[0] for fig in C.claim_figures(config)},
-                            **C.control_layout(config)},
+                            **C.claims_inputs(config)},  # controls / fidelity tables (claims 5b-7)
         rules=C.claim_rules(config),
     log:
         P.log(R, "report", "claims"),
