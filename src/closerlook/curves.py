@@ -51,25 +51,9 @@ from .devices import resolve_device
 from .io import CloserlookError, ConfigError, load_checkpoint, save_checkpoint
 from .curve_steps import T_SAMPLINGS, batch_gradient, point_loss, sample_ts  # noqa: F401  (re-exported)
 from .tables import write_csv
+from .defaults import FIT_DEFAULTS, STOP_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
 KINDS = ("bezier", "polychain", "line")
-# Curve fitting, the one owner of these defaults. Garipov et al.'s recipe (dnn-mode-connectivity) is lr 0.015,
-# one t ~ U(0, 1) per batch, his schedule over a fixed epoch count; ours, chosen by measurement at demo scale
-# (docs/curve-fitting.md: fewer gradient evaluations until a two-seed curve keeps <= 10 % of the barrier, at the
-# worst of 6 repeats): 4 stratified t per batch, each on a quarter of the batch (one t's cost), lr 0.05 halved at
-# each stopping-rule check without improvement, fitted until the rule stops it (``epochs`` is the cap).
-FIT_DEFAULTS: dict[str, Any] = {
-    "kind": "bezier", "num_bends": 3, "epochs": 10, "lr": 0.05, "weight_decay": 5.0e-4, "momentum": 0.9,
-    "batch_size": 128, "t_per_batch": 4, "t_sampling": "stratified", "t_split": True, "augment": False,
-    "schedule": "plateau",
-    "resume": True, "checkpoint_epochs": [], "resume_every": 200,
-    "stop": {"min_delta": 0.01, "patience": 2},   # the stopping rule (STOP_DEFAULTS keys); None: the full ``epochs``
-}
-# The stopping rule: after each epoch (every ``every`` epochs) the max training loss over ``ts`` on the
-# first ``images`` training images (unaugmented, BN recomputed) is measured; the fit stops once that
-# max has not fallen by more than ``min_delta`` nats below its best so far for ``patience`` checks.
-# ``min_delta`` has no default (it sets the tolerance): the rule is on only when given.
-STOP_DEFAULTS: dict[str, Any] = {"ts": [0.25, 0.5, 0.75], "images": 500, "patience": 3, "every": 1}
 
 
 class CurveError(CloserlookError, ValueError):

@@ -1,6 +1,6 @@
 """The results layout: one function per artefact, the only place a results path is spelled out.
 
-``config.py`` (the inputs of figures and claims) and the rules (``workflow/rules/*.smk``:
+``closerlook.config`` (the inputs of figures and claims) and the rules (``workflow/rules/*.smk``:
 outputs, inputs, logs, work directories) both build their paths here. ``R`` is the
 results root of one config (:func:`results_dir`); every other argument is a name, and a
 Snakemake wildcard such as ``"{seed}"`` passes through unchanged, so a rule's output
@@ -13,9 +13,10 @@ pattern and the path a figure reads come from the same function::
     results/<name>/planes/<plane>/<inst>/{grid.csv, points.csv}
     results/<name>/activations/<run>/seed<S>/<tag>/
     results/<name>/similarity/<comparison>/<inst>.csv
+    results/<name>/similarity/{controls.csv, controls.md, identification.csv, change_detection.csv} (positive controls)
     results/<name>/lenses/<plane>/<inst>/{slice1d_<end>,slice2d_<end>,pca,trajectory,views,pca_grid}.csv, components.pt
     results/<name>/sharpness/paths/<curve>/<inst>/<path>.csv, sharpness/checkpoints/<run>/seed<S>/<tag>.csv
-    results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json
+    results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json, checks/models.json
     results/<name>/logs/<stage>/...log, work/{runs,curves}/... (resume state)
     <cache_dir>/<data set>-{train,test}.pt   (decoded data, shared by configs)
 """
@@ -142,6 +143,26 @@ def similarity_table(R: str, comparison: str, inst: str) -> str:
     return f"{R}/similarity/{comparison}/{inst}.csv"
 
 
+def controls_table(R: str) -> str:
+    """The similarity measures' positive controls, one row per (control, measure) (closerlook.controls)."""
+    return f"{R}/similarity/controls.csv"
+
+
+def controls_markdown(R: str) -> str:
+    """The controls' tables, included verbatim in claims.md."""
+    return f"{R}/similarity/controls.md"
+
+
+def identification_table(R: str) -> str:
+    """Layer identification per measure and layer, with the cross-layer matrix (``vs_<layer>`` columns)."""
+    return f"{R}/similarity/identification.csv"
+
+
+def change_detection_table(R: str) -> str:
+    """Change detection per measure and layer (role before / target / after)."""
+    return f"{R}/similarity/change_detection.csv"
+
+
 def figure_stem(R: str, figure: str) -> str:
     return f"{R}/figures/{figure}"
 
@@ -153,6 +174,11 @@ def figure_file(R: str, figure: str, ext: str) -> str:
 def claims_file(R: str, ext: str) -> str:
     """``ext``: ``json`` or ``md``."""
     return f"{R}/claims.{ext}"
+
+
+def models_check(R: str) -> str:
+    """What the ``check_models`` job checked (every run's model built on the meta device) before any training."""
+    return f"{R}/checks/models.json"
 
 
 def data_info(R: str) -> str:
