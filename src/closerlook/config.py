@@ -837,6 +837,7 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
         layout = _lens_layout(cfg, fig, inp)
     else:
         layout = _similarity_layout(cfg, inp, f)
+    layout.update(explain_layout(cfg, fig, inp))  # fidelity (fig6), sharpness trajectories (fig10)
     layout["data_info"] = inp.file(paths.data_info(inp.R))
     return layout, sorted(inp.files)
 
@@ -876,3 +877,38 @@ def figure_options(cfg: dict, fig: str) -> dict:
     if "dpi" in figs:
         opts["dpi"] = figs["dpi"]
     return opts
+
+
+# --- added by explain
+def fidelity_settings(cfg: dict) -> dict | None:
+    """The students' fidelity (closerlook.fidelity) is measured where fig6_distill is configured: its
+    ``FIDELITY_DEFAULTS`` < the config's optional ``fidelity:`` block (None: not measured)."""
+    from .fidelity import FIDELITY_DEFAULTS
+
+    if "fig6_distill" not in (cfg.get("figures") or {}):
+        return None
+    return {**FIDELITY_DEFAULTS, **copy.deepcopy(cfg.get("fidelity") or {})}
+
+
+def fidelity_pairs(cfg: dict) -> list[dict]:
+    """fig6_distill's students against their teacher: ``[{"student", "seed", "teacher": Endpoint, "ckpt":
+    Endpoint}]``, one per instance of each comparison (the label naming "distil" is the distilled student,
+    the other the independent one, as claim 7 reads them; side a is the teacher, side b the student)."""
+    if fidelity_settings(cfg) is None:
+        return []
+    comps = cfg["figures"]["fig6_distill"]["comparisons"]
+    labels = list(comps)
+    dist = next((lab for lab in labels if "distil" in lab.lower()), None)
+    out = []
+    for lab in labels:
+        role = "distilled" if lab == dist else "independent"
+        for _inst, (a, b) in comparison_instances(cfg, comps[lab]).items():
+            out.append({"student": role, "seed": int(b.seed), "teacher": a, "ckpt": b})
+    return out
+
+
+def explain_layout(cfg: dict, fig: str, inp: "_Inputs") -> dict:
+    """Extra inputs of a figure layout: ``fidelity`` (fig6_distill, also claim 7's premise)."""
+    if fig == "fig6_distill" and fidelity_settings(cfg) is not None:
+        return {"fidelity": inp.file(paths.fidelity_table(inp.R))}
+    return {}

@@ -155,6 +155,11 @@ def claims_file(R: str, ext: str) -> str:
     return f"{R}/claims.{ext}"
 
 
+def fidelity_table(R: str) -> str:
+    """The students' fidelity to their teacher (closerlook.fidelity): one row per (student, seed, split)."""
+    return f"{R}/distill/fidelity.csv"
+
+
 def data_info(R: str) -> str:
     return f"{R}/data/info.json"
 
