@@ -155,6 +155,11 @@ def claims_file(R: str, ext: str) -> str:
     return f"{R}/claims.{ext}"
 
 
+def sharpness_trajectory(R: str, run: str, seed) -> str:
+    """lambda_max inside training (closerlook.sharpness_trace), written by the run itself."""
+    return f"{run_dir(R, run, seed)}/sharpness_trajectory.csv"
+
+
 def fidelity_table(R: str) -> str:
     """The students' fidelity to their teacher (closerlook.fidelity): one row per (student, seed, split)."""
     return f"{R}/distill/fidelity.csv"

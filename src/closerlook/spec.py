@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": False,
     "compile": False,
     "threads": None,
+    "sharpness_trace": None,  # lambda_max inside training (closerlook.sharpness_trace); None: off
 }
 DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
 DATA_KEYS = {"name", "root", "cache_dir", "train_per_class", "test_per_class", "subset_seed", "probe_size"}
@@ -95,6 +96,10 @@ def spec_hash(spec: Mapping) -> str:
     the folder sets), so a finished run or resume state from the class-sorted folder caches of
     before is not reused; for every other set the hash is what it was without it."""
     key = {k: v for k, v in spec.items() if k not in HASH_IGNORES}
+    if key.get("sharpness_trace") is None:
+        # absent like before the key existed: runs without a trace keep their hashes (and finished runs);
+        # a trace is hashed: a run finished without it must be redone to write its trajectory
+        key.pop("sharpness_trace", None)
     order = data.stored_order((spec.get("data") or {}).get("name"))
     if order != data.SOURCE_ORDER:
         key["data_order"] = order
@@ -129,6 +134,9 @@ def validate_run_spec(spec: Mapping) -> dict:
         s["freeze"] = _check_freeze(s, model)
     if s["distill"] is not None:
         s["distill"] = _check_distill(s["distill"])
+    from .sharpness_trace import check_trace
+
+    s["sharpness_trace"] = check_trace(s["sharpness_trace"], s)
     return s
 
 
