@@ -111,3 +111,58 @@ def test_trace_leaves_training_untouched(tmp_path, fmnist_dir, data_cache):
     assert list(df["constant"]) == pytest.approx([3.8] * 4)
     assert list(df["lr_lambda"]) == pytest.approx(list(df["lr"] * (df["lambda_max"] + 5e-4)))
     assert not (tmp_path / "plain" / T.TRAJECTORY_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- verdicts and fig10
+def _traj(tmp_path, name, lrs, lams, resid=0.0, wd=0.0, c=3.8, noise=0.0, seed=0):
+    rng = __import__("numpy").random.default_rng(seed)
+    lams = [l * (1 + noise * rng.standard_normal()) for l in lams]
+    rows = [{"iteration": i, "lr": lr, "lambda_max": lam, "ritz_residual": resid, "weight_decay": wd,
+             "lr_lambda": lr * (lam + wd), "constant": c, "threshold": c / lr if lr else math.inf, "lambda_min": 0.0,
+             "loss": 2.0, "trainable": 10, "lanczos_steps": 4, "hvps": 5, "cpu_s": 0.1}
+            for i, (lr, lam) in enumerate(zip(lrs, lams))]
+    p = tmp_path / f"{name}.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return str(p)
+
+
+def _layout(tmp_path, warm_lams, cold_lams, resid=0.0, noise=0.0):
+    lr, n = 0.1, len(cold_lams)
+    warm_lrs = [lr * min(i / 10, 1.0) for i in range(n)]
+    return {"trajectories": {"LB warmup": {"seed0": _traj(tmp_path, "w", warm_lrs, warm_lams, resid, noise=noise)},
+                             "LB no warmup": {"seed0": _traj(tmp_path, "c", [lr] * n, cold_lams, resid, noise=noise, seed=1)}},
+            "specs": {"LB warmup": {"warmup": {"iterations": 10}}, "LB no warmup": {"warmup": {"iterations": 0}}}}
+
+
+def test_sharpness_verdicts_on_synthetic_trajectories(tmp_path):
+    from closerlook import explanations as X
+
+    # warmup: lr x lambda rises to 0.9 of the constant 3.8 at the peak; no warmup: 2x at first, then 0.5x
+    warm = [0.9 * 3.8 / 0.1] * 16
+    cold = [2 * 38.0, 1.6 * 38.0, 0.5 * 38.0, 0.5 * 38.0, 0.5 * 38.0] + [0.5 * 38.0] * 11
+    w, c = X.sharpness_entries(_layout(tmp_path, warm, cold), {"sharpness_tol": 0.05})
+    assert w["verdict"] == "reproduced" and c["verdict"] == "reproduced", (w["reason"], c["reason"])
+    # warmup crossing the limit by 30 %: not reproduced; no catapult (always below): not reproduced
+    w, c = X.sharpness_entries(_layout(tmp_path, [1.3 * 38.0] * 16, [0.5 * 38.0] * 16), {"sharpness_tol": 0.05})
+    assert w["verdict"] == "not reproduced" and c["verdict"] == "not reproduced"
+    # a residual large enough that the upper bound straddles the limit: the bound decides, inconclusive
+    w, _ = X.sharpness_entries(_layout(tmp_path, warm, cold, resid=20.0), {"sharpness_tol": 0.05})
+    assert w["verdict"] == "inconclusive"
+    # the tolerance measured from the batch-to-batch spread when not configured
+    w, c = X.sharpness_entries(_layout(tmp_path, warm, cold, noise=0.02), {})
+    assert 0.0 < w["measured"]["tolerance"]["value"] < 0.2 and "measured" in w["measured"]["tolerance"]["basis"]
+
+
+def test_fig10_and_its_layout(tmp_path):
+    from closerlook import config as C
+    from closerlook.figures import build_figure
+
+    lay = _layout(tmp_path, [30.0] * 8, [80.0, 20.0] + [20.0] * 6)
+    fig = build_figure("fig10_warmup_sharpness", lay, {})
+    assert len(fig.axes) == 3 and fig.axes[0].get_title().startswith("(a)")
+    cfg = C.load_config("config/demo.yaml")
+    if "fig10_warmup_sharpness" in (cfg.get("figures") or {}):
+        layout, files = C.figure_layout(cfg, "fig10_warmup_sharpness")
+        assert all(p.endswith("sharpness_trajectory.csv") for seeds in layout["trajectories"].values()
+                   for p in seeds.values())
+        assert "fig10_warmup_sharpness" in C.claim_figures(cfg)

@@ -726,6 +726,7 @@ def _check_teacher_cycles(cfg: dict) -> None:
 
 
 def _check_figures(cfg: dict, sim: dict) -> None:
+    check_explain_figures(cfg)  # fig10_warmup_sharpness (added by explain)
     figs = cfg.get("figures") or {}
     curves = cfg.get("curves") or {}
     runs = cfg["runs"]
@@ -835,6 +836,8 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
         layout = _plane_layout(cfg, inp, f["plane"])
     elif fig in paths.LENS_FIGURES:
         layout = _lens_layout(cfg, fig, inp)
+    elif fig == "fig10_warmup_sharpness":
+        layout = {}  # (explain_layout below)
     else:
         layout = _similarity_layout(cfg, inp, f)
     layout.update(explain_layout(cfg, fig, inp))  # fidelity (fig6), sharpness trajectories (fig10)
@@ -911,4 +914,22 @@ def explain_layout(cfg: dict, fig: str, inp: "_Inputs") -> dict:
     """Extra inputs of a figure layout: ``fidelity`` (fig6_distill, also claim 7's premise)."""
     if fig == "fig6_distill" and fidelity_settings(cfg) is not None:
         return {"fidelity": inp.file(paths.fidelity_table(inp.R))}
+    if fig == "fig10_warmup_sharpness":
+        runs = cfg["figures"][fig]["runs"]
+        return {"trajectories": {lab: {f"seed{s}": inp.file(paths.sharpness_trajectory(inp.R, run, s))
+                                       for s in resolve_run(cfg, run)["seeds"]} for lab, run in runs.items()},
+                "metrics": {lab: inp.metrics(run) for lab, run in runs.items()},
+                "specs": {lab: inp.spec(run) for lab, run in runs.items()}}
     return {}
+
+
+def check_explain_figures(cfg: dict) -> None:
+    """fig10_warmup_sharpness: every labelled run exists and measures its sharpness trace."""
+    f = (cfg.get("figures") or {}).get("fig10_warmup_sharpness")
+    if not f:
+        return
+    for lab, run in f["runs"].items():
+        if run not in cfg["runs"]:
+            raise ConfigError(f"config key figures.fig10_warmup_sharpness.runs.{lab}: no run named {run!r}")
+        if not resolve_run(cfg, run).get("sharpness_trace"):
+            raise ConfigError(f"config key figures.fig10_warmup_sharpness.runs.{lab}: run {run!r} has no sharpness_trace")

@@ -34,6 +34,9 @@ EXPLAIN_RULES: dict[str, Any] = {
     # self-distilled student (capacity enough to match) leaves ~10 % of top-1 disagreement; 5 points is
     # half of that, and 5-25x the sampling error at 2,000-50,000 training images
     "fidelity_below_perfect": 0.05,
+    # lr x lambda_max against the optimiser's constant: the relative tolerance of "at or below" / "exceeds".
+    # None: measured, twice the batch-to-batch spread of lambda_max (:func:`measured_spread`)
+    "sharpness_tol": None,
 }
 
 FIDELITY_CLAIMS = {
@@ -246,7 +249,171 @@ def evaluate_beyond(layouts: Mapping[str, Mapping], rules: Mapping | None, claim
         out += fidelity_entries(f6, rules or {}, claim7)
     f10 = layouts.get("fig10_warmup_sharpness") or {}
     if f10.get("trajectories"):
-        from .sharpness_verdicts import sharpness_entries
-
         out += sharpness_entries(f10, rules or {})
     return out
+
+
+# --------------------------------------------------------------------------- warmup and sharpness
+
+SHARPNESS_CLAIMS = {
+    "warmup": "With warmup, lr x lambda_max stays at or below the optimiser's stability constant at every measured "
+              "iteration up to the lr peak (Kalra & Barkeshli 2024: warmup keeps the run below the edge of stability)",
+    "catapult": "Without warmup, lr x lambda_max exceeds the optimiser's stability constant early and falls below it "
+                "after (a catapult; Kalra & Barkeshli 2024, Lewkowycz et al. 2020)",
+}
+
+
+def read_trajectory(path: Any) -> tuple[pd.DataFrame | None, str | None]:
+    if not path:
+        return None, "missing"
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None, "unreadable"
+    need = {"iteration", "lr", "lambda_max", "ritz_residual", "weight_decay", "constant"}
+    if df.empty or not need <= set(df.columns):
+        return None, "empty or columns missing"
+    df = df.sort_values("iteration").reset_index(drop=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # the Ritz value is a lower bound on lambda_max; + its residual an upper bound (top eigenvalue separated)
+        df["ratio_low"] = df["lr"] * (df["lambda_max"] + df["weight_decay"]) / df["constant"]
+        df["ratio_high"] = df["lr"] * (df["lambda_max"] + df["ritz_residual"].abs() + df["weight_decay"]) / df["constant"]
+    return df, None
+
+
+def _warmup_iterations(spec: Mapping | None) -> int:
+    return int(((spec or {}).get("warmup") or {}).get("iterations") or 0)
+
+
+def _role(spec: Mapping | None) -> str:
+    if _warmup_iterations(spec) > 0:
+        return "warmup"
+    return "frozen" if (spec or {}).get("freeze") else "nowarmup"
+
+
+def measured_spread(trajectories: Mapping[str, Mapping[str, pd.DataFrame]]) -> tuple[float | None, str]:
+    """The batch-to-batch spread of lambda_max: over every run and seed, the median of |log(lambda_k+1 /
+    lambda_k)| / sqrt(2) between consecutive measured iterations (consecutive ones only: the weights barely
+    move between them, so the difference is mostly the batch), i.e. the relative s.d. of one measurement."""
+    diffs = []
+    for seeds in trajectories.values():
+        for df in seeds.values():
+            d = df[(df["lambda_max"] > 0)]
+            it, lam = d["iteration"].to_numpy(), d["lambda_max"].to_numpy(float)
+            consec = np.diff(it) == 1
+            diffs += list(np.abs(np.diff(np.log(lam)))[consec] / math.sqrt(2))
+    if not diffs:
+        return None, "no consecutive measurements"
+    return float(np.median(diffs)), f"median over {len(diffs)} consecutive pairs"
+
+
+def _tolerance(r: Mapping, trajs: Mapping) -> tuple[float | None, str]:
+    if r.get("sharpness_tol") is not None:
+        return float(r["sharpness_tol"]), f"configured {float(r['sharpness_tol']):g}"
+    sd, how = measured_spread(trajs)
+    if sd is None:
+        return None, how
+    return 2.0 * sd, f"2 x the measured batch-to-batch relative spread of lambda_max ({sd:.3g}; {how})"
+
+
+def _trajectories(layout: Mapping, v_list: Sequence[V.Verdict]) -> dict:
+    out: dict = {}
+    for lab, seeds in (layout.get("trajectories") or {}).items():
+        for inst, path in sorted(seeds.items()):
+            df, prob = read_trajectory(path)
+            if df is None:
+                for v in v_list:
+                    v.premise(f"{lab} {inst}: trajectory", False, prob, "sharpness_trajectory.csv readable", blocking=False)
+                continue
+            out.setdefault(lab, {})[inst] = df
+    return out
+
+
+def _bounded(v: V.Verdict, name: str, pairs: Sequence[tuple[float, float]]) -> dict:
+    """An effect over units whose each value is bracketed (Ritz value, Ritz + residual): its range runs from the
+    smallest lower bound to the largest upper bound, so a check decides only where both bounds agree."""
+    lo = [a for a, _b in pairs if V.finite(a)]
+    hi = [b for _a, b in pairs if V.finite(b)]
+    e = {"name": f"{name} (range: lowest Ritz bound .. highest Ritz + residual bound)",
+         "estimate": V.num(np.mean(lo)) if lo else None, "low": V.num(min(lo)) if lo else None,
+         "high": V.num(max(hi)) if hi else None, "n": len(pairs), "kind": "range (bounds)"}
+    v.effects.append(e)
+    return e
+
+
+def sharpness_entries(layout: Mapping, rules: Mapping) -> list[dict]:
+    r = rules_with_defaults(rules)
+    specs = layout.get("specs") or {}
+    vw = V.Verdict("beyond-warmup-sharpness", SHARPNESS_CLAIMS["warmup"], r)
+    vc = V.Verdict("beyond-catapult", SHARPNESS_CLAIMS["catapult"], r)
+    trajs = _trajectories(layout, [vw, vc])
+    tol, tol_how = _tolerance(r, trajs)
+    for v in (vw, vc):
+        v.premise("tolerance", tol is not None, tol, tol_how)
+        v.measured["tolerance"] = {"value": V.num(tol), "basis": tol_how}
+    tol = tol if tol is not None else math.nan
+    # with warmup: the upper bound (Ritz + residual) over every measured iteration before the peak
+    w_units, peaks = [], []
+    for lab, seeds in trajs.items():
+        if _role(specs.get(lab)) != "warmup":
+            continue
+        peak = _warmup_iterations(specs.get(lab))
+        for inst, df in seeds.items():
+            d = df[(df["iteration"] < peak) & (df["lr"] > 0)]
+            name = f"{lab} {inst}"
+            if vw.premise(f"{name}: measured during warmup", len(d) > 0, len(d), f"rows with 0 < lr, iteration < {peak}",
+                          blocking=False):
+                w_units.append(name)
+                vw.seed(name)
+                peaks.append((float(d["ratio_low"].max()), float(d["ratio_high"].max())))
+                vw.measured[name] = {"max_ratio_upper": V.num(d["ratio_high"].max()), "max_ratio_ritz": V.num(d["ratio_low"].max()),
+                                     "at_iteration": int(d.loc[d["ratio_high"].idxmax(), "iteration"]), "rows": len(d)}
+    vw.enough(w_units, w_units or ["(no warmup run)"], "warmup runs")
+    e = _bounded(vw, "max over the warmup of lr x lambda_max / constant", peaks)
+    vw.check(e, 1.0 + tol, "below")
+    # without warmup: the early peak judged on the Ritz value (a lower bound: exceeding is conclusive), the fall on
+    # the upper bound over the last measured iterations of the early phase
+    c_units, ups, downs = [], [], []
+    for lab, seeds in trajs.items():
+        if _role(specs.get(lab)) != "nowarmup":
+            continue
+        for inst, df in seeds.items():
+            name = f"{lab} {inst}"
+            d = df[df["lr"] > 0].reset_index(drop=True)
+            if not vc.premise(f"{name}: measured early and after", len(d) >= 4, len(d), ">= 4 rows with lr > 0",
+                              blocking=False):
+                continue
+            k = int(d["ratio_low"].idxmax())
+            after = d.iloc[k + 1:]
+            if not vc.premise(f"{name}: iterations measured after the peak", len(after) >= 3, len(after), ">= 3",
+                              blocking=False):
+                continue
+            c_units.append(name)
+            vc.seed(name)
+            ups.append((float(d["ratio_low"].iloc[k]), float(d["ratio_high"].iloc[k])))
+            tail = after.head(3)
+            downs.append((float(tail["ratio_low"].median()), float(tail["ratio_high"].median())))
+            vc.measured[name] = {"peak_ratio_ritz": V.num(ups[-1][0]), "peak_iteration": int(d["iteration"].iloc[k]),
+                                 "after_ratio_ritz": V.num(downs[-1][0]), "after_ratio_upper": V.num(downs[-1][1]),
+                                 "after_iterations": [int(i) for i in tail["iteration"]]}
+    vc.enough(c_units, c_units or ["(no run without warmup)"], "runs without warmup")
+    e_up = _bounded(vc, "early peak of lr x lambda_max / constant", ups)
+    e_dn = _bounded(vc, "after the peak: median of the next 3 measured lr x lambda_max / constant", downs)
+    vc.check(e_up, 1.0 + tol, "above")
+    vc.check(e_dn, 1.0 + tol, "below")
+    for lab, seeds in trajs.items():  # reported, not judged
+        if _role(specs.get(lab)) == "frozen":
+            for inst, df in seeds.items():
+                vc.measured[f"{lab} {inst} (reported)"] = {"peak_ratio_ritz": V.num(df["ratio_low"].max()),
+                                                           "peak_iteration": int(df.loc[df["ratio_low"].idxmax(), "iteration"])}
+    basis = ("lr x lambda_max against the optimiser's constant (2 plain SGD, 2 + 2 beta heavy ball, (2 + 2 beta) / "
+             "(1 + 2 beta) Nesterov); lambda_max: a few Lanczos steps on the current training batch, train-mode BN, "
+             "dropout off, weight decay added; the Ritz value is a lower bound, Ritz + residual an upper bound when the "
+             "top eigenvalue is separated")
+    return [vw.entry(f"{basis}. Judged: the whole range over runs and seeds of the upper bound's maximum before the lr "
+                     f"peak lies at or below 1 + tol (tol: {tol_how})"),
+            vc.entry(f"{basis}. Judged: the lower bound's early peak lies wholly above 1 + tol, and the upper bound's "
+                     f"median over the next 3 measured iterations after the peak at or below 1 + tol (tol: {tol_how}); "
+                     "frozen-FC runs reported, not judged")]

@@ -698,6 +698,7 @@ def _fig9(layout: Mapping, options: Mapping) -> Figure:
 
 BUILDERS["fig9_ensembles"] = _fig9
 BUILDERS["fig6_distill"] = __import__("closerlook.figures_fidelity").figures_fidelity.with_fidelity_panel(fig6_distill)
+BUILDERS["fig10_warmup_sharpness"] = lambda lay, opt: __import__("closerlook.figures_sharpness_trace").figures_sharpness_trace.fig10_warmup_sharpness(lay, opt)
 
 
 def build_figure(name: str, layout: Mapping, options: Mapping | None = None) -> Figure:

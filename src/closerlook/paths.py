@@ -24,6 +24,7 @@ from __future__ import annotations
 PAPER_FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
 LENS_FIGURES = ("fig7_lenses", "fig8_sharpness")  # the older lenses beside the paper's (closerlook.figures_lenses)
 EXTRA_FIGURES = ("fig9_ensembles",)  # beyond the paper: the ensemble comparison (closerlook.figures_ensembles)
+EXTRA_FIGURES += ("fig10_warmup_sharpness",)  # beyond the paper: lambda_max inside training (closerlook.figures_sharpness_trace)
 FIGURES = PAPER_FIGURES + LENS_FIGURES + EXTRA_FIGURES
 FIGURE_FORMATS = ("pdf", "png")
 CURVE_FILES = ("curve.pt", "metrics.csv")
