@@ -295,15 +295,18 @@ def _role(spec: Mapping | None) -> str:
 
 def measured_spread(trajectories: Mapping[str, Mapping[str, pd.DataFrame]]) -> tuple[float | None, str]:
     """The batch-to-batch spread of lambda_max: over every run and seed, the median of |log(lambda_k+1 /
-    lambda_k)| / sqrt(2) between consecutive measured iterations (consecutive ones only: the weights barely
-    move between them, so the difference is mostly the batch), i.e. the relative s.d. of one measurement."""
+    lambda_k)| / sqrt(2) between the closest measured iterations (the early phase's spacing, 1 or 2 steps:
+    the weights move little between them, so the difference is mostly the batch; what they do move makes
+    the estimate conservative), i.e. the relative s.d. of one measurement."""
     diffs = []
     for seeds in trajectories.values():
         for df in seeds.values():
             d = df[(df["lambda_max"] > 0)]
             it, lam = d["iteration"].to_numpy(), d["lambda_max"].to_numpy(float)
-            consec = np.diff(it) == 1
-            diffs += list(np.abs(np.diff(np.log(lam)))[consec] / math.sqrt(2))
+            gaps = np.diff(it)
+            if gaps.size:
+                consec = gaps == gaps.min()  # the closest measured pairs (the early phase's spacing)
+                diffs += list(np.abs(np.diff(np.log(lam)))[consec] / math.sqrt(2))
     if not diffs:
         return None, "no consecutive measurements"
     return float(np.median(diffs)), f"median over {len(diffs)} consecutive pairs"
