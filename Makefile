@@ -9,13 +9,14 @@ DEMO_CONFIG ?= config/demo.yaml
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-extra test bench venv data-demo lint clean-demo gpu-check gpu-smoke
+.PHONY: demo demo-extra test bench venv data-demo lint clean-demo gpu-check gpu-smoke findings
 
-# Reinstall only when the project metadata changes (editable install: code edits need none).
-$(STAMP): pyproject.toml
+# Reinstall only when the project metadata or the pins change (editable install: code edits need
+# none). pyproject.toml declares ranges; constraints.txt pins the versions the tests ran with.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,reports]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,reports]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,6 +35,10 @@ data-demo:
 demo: $(STAMP) data-demo
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
+
+# README's findings table, written from the finished demo's claims.json (with commit, machine, date).
+findings: $(STAMP)
+	$(BIN)/python -m closerlook.report_table results/demo/claims.json --readme README.md
 
 # Beyond the paper at CPU scale: the older lenses (fig7_lenses, fig8_sharpness), AutoNEB, weight
 # matching + REPAIR and the ensemble comparison (fig9_ensembles), on their own small runs: config/demo_extra.yaml.

@@ -1,4 +1,4 @@
-"""All the CPU performance figures of the project in one run: one table and ``results/bench/bench.json``.
+"""All the CPU performance figures of the project in one run: one markdown table (with the machine and what was skipped, and why) and ``results/bench/bench.json``.
 
 Sections (each reuses the bench module named in its rows' "command" column):
 
@@ -177,20 +177,42 @@ ROWS += [
 ]
 
 
+def machine_line(res: dict) -> str:
+    """The machine a bench ran on, in one line (CPU model, cores, Python, torch, numpy, BLAS env, load)."""
+    return (f"**Machine:** {res.get('cpu_model') or res.get('host', '?')}, {res.get('cpus', '?')} logical cores; "
+            f"Python {res.get('python', '?')}, torch {res.get('torch', '?')}, numpy {res.get('numpy', '?')}; "
+            f"BLAS env: {res.get('blas_env', '?')}; {res.get('load_start', '?')} at start, {res.get('load_end', '?')} at end; "
+            f"{res.get('started_utc', '?')} to {res.get('finished_utc', '?')}")
+
+
 def table(res: dict) -> str:
-    head = f"{'section':<10} | {'figure':<42} | {'value':>9} | {'target':<15} | {'met?':<12} | command"
-    lines = [head, "-" * len(head)]
-    skipped = res.get("skipped") or {}
+    """One markdown table: every figure with its target and whether it is met, the machine above it, and
+    what was skipped (a row's "met?" says skipped; the list below says why)."""
+    lines = [machine_line(res), "", "| section | figure | value | target | met? | command |", "|---|---|---:|---|---|---|"]
+    skipped = dict(res.get("skipped") or {})
+    for key in [k for k in res if k.endswith("_error")]:
+        skipped.setdefault(key[: -len("_error")], f"failed: {res[key]}")
     for section, key, text, cmd in ROWS:
         if key not in res and key not in TARGETS and key not in skipped:
             continue
         v = res.get(key)
         tgt = TARGETS.get(key, (None, None, ""))[2]
         met = "skipped" if key in skipped else _met(key, v)
-        lines.append(f"{section:<10} | {text:<42} | {_fmt(v):>9} | {tgt:<15} | {met:<12} | {cmd}")
+        cells = [section, text, _fmt(v), tgt, met]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + f" | `{cmd}` |")
     if skipped:
-        lines += ["", "skipped rows:"] + [f"  {key}: {why}" for key, why in sorted(skipped.items())]
+        lines += ["", "**Skipped, and why:**", ""] + [f"- {key}: {why}" for key, why in sorted(skipped.items())]
     return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
@@ -218,7 +240,7 @@ def main(argv=None) -> dict:
 
         prev = json.loads(Path(a.out).read_text())
     res: dict = {**prev, "rerun_sections": sorted(sections)} if prev else {}
-    res.update({"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+    res.update({"host": platform.node(), "cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": _load()})
     import numpy as np
     import torch
@@ -282,6 +304,7 @@ def main(argv=None) -> dict:
         if a.skip_demo:
             res["demo_wall_s"] = None
             res["demo_note"] = "skipped (--skip-demo / CLOSERLOOK_BENCH_SKIP_DEMO)"
+            res.setdefault("skipped", {})["demo_wall_s"] = "--skip-demo / CLOSERLOOK_BENCH_SKIP_DEMO=1 (the demo takes ~10 min)"
         else:
             section("demo", demo_wall)
     res["section_s"] = {**res.get("section_s", {}), **timings}
@@ -291,9 +314,8 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res)
     print()
-    print(f"closerlook benchmark, {res['cpus']} CPUs, torch {res['torch']}, numpy {res['numpy']}, "
-          f"BLAS env: {res['blas_env']}; {res['load_start']} at start, {res['load_end']} at end")
-    print(f"(commands run from the repo root with {PY}; training on {res.get('train_threads', '?')} thread(s))")
+    print(f"## closerlook benchmark (commands run from the repo root with {PY}; training on "
+          f"{res.get('train_threads', '?')} thread(s))\n")
     print(table(res))
     print(f"\nwritten: {out}")
     return res

@@ -1,4 +1,5 @@
 """The benchmark's guards: rows that would take hours on this CPU are skipped, with the reason."""
+import re
 import time
 
 from bench import train_bench
@@ -31,3 +32,15 @@ def test_the_table_names_skipped_rows_and_why():
     row = next(line for line in text.splitlines() if "bf16 autocast" in line and "small_cnn" in line)
     assert "skipped" in row
     assert "train_ratio_small_cnn_bf16: no native bf16" in text
+
+
+def test_the_table_is_one_markdown_table_with_the_machine():
+    res = {"cpus": 2, "cpu_model": "AMD EPYC 9R14", "torch": "2.14.1", "cca_max_abs_diff_f64": 1e-12,
+           "train_ratio_small_cnn": 1.3, "demo_error": "rc=1: boom", "skipped": {"demo_wall_s": "--skip-demo"}}
+    text = table(res)
+    assert text.splitlines()[0].startswith("**Machine:** AMD EPYC 9R14, 2 logical cores")
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert rows[1].startswith("|---") and all(line.endswith("|") for line in rows)
+    ncols = {len(re.split(r"(?<!\\)\|", line)) for line in rows}
+    assert len(ncols) == 1, "every row has the same number of cells (| inside a cell escaped)"
+    assert "- demo: failed: rc=1: boom" in text and "- demo_wall_s: --skip-demo" in text

@@ -226,3 +226,21 @@ def test_cli_values_are_read_as_yaml_like_a_config_file():
     assert cfg["data"] == {"name": "cifar10", "train_per_class": 5, "root": None, "cache_dir": "a b"}
     assert cfg["defaults"] == {"model": {"name": "small_cnn", "width": 0.25}, "seeds": [0, 1]}
     assert cfg["keep"] == "7"  # not given on the command line: untouched
+
+
+def test_paper_sgdr_consumers_name_a_cycle_end():
+    """config.yaml trains SGDR for the paper's 200 epochs, which ends mid-cycle (cycles end at 10,
+    30, 70, 150, 310): a curve or plane that took its `final` checkpoint would take a model at lr
+    ~0.039, not a converged one. Every SGDR curve end is an explicit epoch at a cycle end."""
+    from closerlook.schedules import sgdr_cycle_ends
+    cfg = C.load_config(REPO / "config" / "config.yaml")
+    sgdr = C.resolve_run(cfg, "sgdr")
+    ends = sgdr_cycle_ends(sgdr["schedule"], sgdr["epochs"])
+    assert ends == [10, 30, 70, 150] and sgdr["epochs"] not in ends
+    for name, c in cfg["curves"].items():
+        for side in ("start", "end"):
+            ep = c[side]
+            if ep["run"] == "sgdr":
+                assert not ep.get("final") and ep.get("epoch") in ends, (name, side, ep)
+    for plane in cfg["planes"].values():
+        assert plane["project"]["epochs"][-1] in ends

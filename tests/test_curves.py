@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from closerlook import cli
 from closerlook import curves as C
 from closerlook import landscape as L
 from closerlook.io import ConfigError, load_checkpoint, save_checkpoint
@@ -541,15 +542,15 @@ def test_cli_diverged_endpoint_writes_nan_tables(tmp_path):
     save_checkpoint(ok, net.state_dict(), meta)
     save_checkpoint(bad, None, {**meta, "status": "diverged"})
     out = tmp_path / "line.csv"
-    assert C.main(["evaluate", "--start", str(ok), "--end", str(bad), "--out", str(out), "--points", "7",
+    assert cli.curves_main(["evaluate", "--start", str(ok), "--end", str(bad), "--out", str(out), "--points", "7",
                    "--data", "fashion_mnist", "--quiet"]) == 0
     df = pd.read_csv(out)
     assert list(df.columns) == L.PATH_COLUMNS and len(df) == 7
     assert (df["status"] == "diverged").all() and df["train_loss"].isna().all() and (df["path"] == "line").all()
-    assert C.main(["fit", "--start", str(bad), "--end", str(ok), "--out", str(tmp_path / "fit"), "--epochs", "1",
+    assert cli.curves_main(["fit", "--start", str(bad), "--end", str(ok), "--out", str(tmp_path / "fit"), "--epochs", "1",
                    "--data", "fashion_mnist", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "fit" / "curve.pt")["meta"]["status"] == "diverged"
-    assert C.main(["plane", "--w1", str(ok), "--w2", str(bad), "--bend", str(ok), "--out-dir", str(tmp_path / "pl"),
+    assert cli.curves_main(["plane", "--w1", str(ok), "--w2", str(bad), "--bend", str(ok), "--out-dir", str(tmp_path / "pl"),
                    "--data", "fashion_mnist", "--quiet"]) == 0
     assert (pd.read_csv(tmp_path / "pl" / "points.csv")["status"] == "diverged").all()
 
@@ -575,17 +576,17 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
     fit_dir = tmp_path / "fit"
     argv = ["fit", "--start", paths[0], "--end", paths[1], "--out", str(fit_dir), "--epochs", "2",
             "--batch-size", "20", "--lr", "0.01", "--no-augment", "--seed", "0", *dargs]
-    assert C.main(argv) == 0
+    assert cli.curves_main(argv) == 0
     ck = load_checkpoint(fit_dir / "curve.pt")
     assert ck["meta"]["curve"] == {"kind": "bezier", "num_bends": 3} and ck["meta"]["model"] == spec
     assert len(pd.read_csv(fit_dir / "metrics.csv")) == 2
     assert not (fit_dir / "resume.pt").exists()
     mtime = (fit_dir / "curve.pt").stat().st_mtime_ns
-    assert C.main(argv) == 0  # finished: nothing redone
+    assert cli.curves_main(argv) == 0  # finished: nothing redone
     assert (fit_dir / "curve.pt").stat().st_mtime_ns == mtime
     for label, extra in (("curve", ["--curve", str(fit_dir / "curve.pt")]), ("line", [])):
         out = tmp_path / f"{label}.csv"
-        assert C.main(["evaluate", "--start", paths[0], "--end", paths[1], "--out", str(out), "--points", "3",
+        assert cli.curves_main(["evaluate", "--start", paths[0], "--end", paths[1], "--out", str(out), "--points", "3",
                        "--eval-train-images", "30", *extra, *dargs]) == 0
         df = pd.read_csv(out)
         assert list(df.columns) == L.PATH_COLUMNS and len(df) == 3 and (df["path"] == label).all()
@@ -593,10 +594,10 @@ def test_cli_fit_evaluate_plane_end_to_end(tmp_path, fmnist_dir, data_cache):
     c_df, l_df = pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "line.csv")
     assert c_df.loc[0, "train_loss"] == pytest.approx(l_df.loc[0, "train_loss"], rel=1e-6)
     # a curve checkpoint with the wrong endpoints is refused
-    assert C.main(["evaluate", "--start", paths[0], "--end", paths[2], "--out", str(tmp_path / "x.csv"),
+    assert cli.curves_main(["evaluate", "--start", paths[0], "--end", paths[2], "--out", str(tmp_path / "x.csv"),
                    "--curve", str(fit_dir / "curve.pt"), *dargs]) == 2
     pl = tmp_path / "plane"
-    assert C.main(["plane", "--w1", paths[0], "--w2", paths[1], "--bend", str(fit_dir / "curve.pt"),
+    assert cli.curves_main(["plane", "--w1", paths[0], "--w2", paths[1], "--bend", str(fit_dir / "curve.pt"),
                    "--project", paths[2], "--labels", "epoch3", "--out-dir", str(pl), "--grid-points", "3", "2", "--margin", "0.2",
                    "--eval-train-images", "30", "--bn-batches", "1", *dargs]) == 0
     grid, pts = pd.read_csv(pl / "grid.csv"), pd.read_csv(pl / "points.csv")
@@ -615,16 +616,16 @@ def test_cli_data_spec_file(tmp_path):
     f.write_text("name: x\ndata: {name: fashion_mnist, train_per_class: 100, subset_seed: 3}\nbatch_size: 50\n")
     ns = argparse.Namespace(spec=str(f), data=None, root="/r", cache_dir=None, train_per_class=None,
                             test_per_class=20, subset_seed=None)
-    d, _ = C._data_spec(ns)
+    d, _ = cli._data_spec(ns)
     assert d == {"name": "fashion_mnist", "train_per_class": 100, "subset_seed": 3, "root": "/r",
                  "test_per_class": 20}
     g = tmp_path / "data.json"
     g.write_text('{"name": "cifar10", "train_per_class": 5}')
     ns.spec, ns.root, ns.test_per_class = str(g), None, None
-    assert C._data_spec(ns)[0] == {"name": "cifar10", "train_per_class": 5}
+    assert cli._data_spec(ns)[0] == {"name": "cifar10", "train_per_class": 5}
     ns.spec = str(tmp_path / "missing.yaml")
     with pytest.raises(C.ConfigError, match="does not exist"):
-        C._data_spec(ns)
+        cli._data_spec(ns)
 
 
 def test_plane_grid_axes_contain_every_projection():

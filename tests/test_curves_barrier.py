@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from closerlook import cli
 from closerlook import curves as C
 from closerlook import landscape as L
 from closerlook.data import DeviceLoader, load_split, stratified_subset
@@ -133,7 +134,7 @@ def test_sigkilled_fit_restarts_to_the_same_curve(tmp_path, fmnist_dir, data_cac
                 "--data", "fashion_mnist", "--root", str(fmnist_dir), "--cache-dir", str(data_cache),
                 "--train-per-class", "20", "--device", "cpu", "--quiet"]
 
-    assert C.main(argv(tmp_path / "ref")) == 0  # uninterrupted (also fills the data cache)
+    assert cli.curves_main(argv(tmp_path / "ref")) == 0  # uninterrupted (also fills the data cache)
     killed = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(Path(C.__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-m", "closerlook.curves", *argv(killed)], env=env)
@@ -154,7 +155,7 @@ def test_sigkilled_fit_restarts_to_the_same_curve(tmp_path, fmnist_dir, data_cac
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "curve.pt").exists() and (killed / "resume.pt").exists()
-    assert C.main(argv(killed)) == 0
+    assert cli.curves_main(argv(killed)) == 0
     a = load_checkpoint(tmp_path / "ref" / "curve.pt")["model"]
     b = load_checkpoint(killed / "curve.pt")["model"]
     assert torch.equal(a["bends"], b["bends"])  # exact: same-CPU resume of curve fitting

@@ -95,6 +95,16 @@ def test_wrong_number_of_logits_is_refused():
     assert build_model({"name": TV, "kwargs": {"num_classes": 10}}, 3, 10, 32).fc.out_features == 10
 
 
+def test_squeezenet_with_adapt_io_is_told_to_pass_num_classes():
+    """squeezenet's classifier is a 1x1 conv, which adapt does not replace: suggesting adapt: io again is no help."""
+    with pytest.raises(ConfigError) as ei:
+        build_model({"name": "torchvision:squeezenet1_1", "adapt": "io"}, 1, 10, 32)
+    msg = str(ei.value)
+    assert "adapt: io was given" in msg and "kwargs: {num_classes: 10}" in msg and "or adapt: io" not in msg, msg
+    assert build_model({"name": "torchvision:squeezenet1_1", "adapt": "io", "kwargs": {"num_classes": 10}},
+                       1, 10, 32) is not None
+
+
 @pytest.mark.parametrize("key, value", [("width", 0.5), ("init_scale", 2.0), ("dropout", 0.1),
                                         ("batch_norm", True), ("skip", False)])
 def test_builtin_only_keys_are_refused_for_an_external_factory(key, value):
@@ -209,13 +219,13 @@ def test_heuristics_config_plans_both_studies():
                   "lb_bn_nowarmup": (True, 0), "lb_bn_warmup": (True, 20)}
 
 
-def test_readme_study_your_own_model_config_is_valid():
+def test_docs_study_your_own_model_config_is_valid():
     import yaml
 
     from closerlook import config as C
 
-    text = (REPO / "README.md").read_text()
-    start = text.index("```yaml", text.index("## Study your own model")) + len("```yaml")
+    text = (REPO / "docs" / "configs.md").read_text()
+    start = text.index("```yaml", text.index("# Study your own model")) + len("```yaml")
     cfg = yaml.safe_load(text[start:text.index("```", start)])
     C.validate_config(cfg)  # builds both factories on the meta device against Fashion-MNIST's shape
     assert C.model_factories(cfg) == ["torchvision.models:mobilenet_v3_small", "torchvision:resnet18"]

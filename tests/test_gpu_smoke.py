@@ -45,6 +45,7 @@ def _cpu_overrides() -> list[str]:
             f"defaults={{model: {model}, threads: {THREADS}, device: cpu}}",
             f"runs={runs_yaml}",
             "curve_defaults={epochs: 1, eval_train_images: 200}",
+            "similarity={subsamples: {count: 2, size: 200}}",
             f"resources={{train: {stage}, curves: {stage}, activations: {stage}, similarity: {stage}}}"]
 
 
@@ -56,6 +57,19 @@ def test_gpu_smoke_plans_every_stage(tmp_path):
     for rule in [f"train_{run}" for run in cfg["runs"]] + ["fit_curve", "evaluate_paths", "plane",
                                                            "extract_activations", "similarity", "figure", "claims"]:
         assert rule in out, f"{rule} missing from the plan:\n{out[-3000:]}"
+
+
+def test_smoke_pairs_and_subsamples_as_the_paper_config():
+    """Fig. 1 joins G seed 0 with each variant's seed 1 (same seed = same init and batches, which
+    makes connecting easier), and the subsamples are wider than VGG-16's 4,096-wide FC layers
+    (narrower ones leave CCA undefined: NaN rows)."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    for name in cfg["figures"]["fig1_robustness"]["curves"]:
+        c = cfg["curves"][name]
+        assert c["start"]["seed"] != c["end"]["seed"], name
+        assert c["end"]["seed"] in cfg["runs"][c["end"]["run"]].get("seeds", cfg["defaults"]["seeds"]), name
+    sub = cfg["similarity"]["subsamples"]
+    assert 4096 < sub["size"] < cfg["data"]["probe_size"]
 
 
 def test_cli_overrides_are_typed_before_validation(tmp_path):

@@ -15,7 +15,8 @@ from testkit import THREADS
 from closerlook.models import resolve_freeze
 from closerlook.spec import validate_run_spec
 from closerlook.tables import METRICS_COLUMNS
-from closerlook.train import accumulate_gradients, distillation_loss, main, train_run
+from closerlook.cli import train_main as main
+from closerlook.train import accumulate_gradients, distillation_loss, train_run
 
 
 @pytest.fixture()

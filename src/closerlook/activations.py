@@ -29,20 +29,22 @@ from torch import nn
 
 from .data import probe_fingerprint
 from .io import CheckpointError, atomic_path, atomic_write_json
+from .models import analysis_layers
 
 STORE_FORMAT = "closerlook-activations/1"
 MODES = ("pool", "full", "subsample")
 # the workflow's capture settings (config `activations:`): spatial mean of conv outputs, 16 positions
 # per image when subsampling, 500 probe images per forward batch, float32 stores
 CAPTURE_DEFAULTS = {"mode": "pool", "subsample": 16, "batch_size": 500, "dtype": "float32"}
+# Storage dtypes: float16 halves the disk of a store; readers compute in float64 either way.
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
+_F16_MAX = float(np.finfo(np.float16).max)
 _POS_BLOCK = 1024
 
 
 def resolve_layers(model: nn.Module, layers: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     """``{display name: module qualified name}``; ``None`` -> ``models.analysis_layers(model)``."""
     if layers is None:
-        from .models import analysis_layers
-
         layers = analysis_layers(model)
     if isinstance(layers, Mapping):
         out = {str(k): str(v) for k, v in layers.items()}
@@ -174,22 +176,41 @@ def _file_name(name: str, taken: set[str]) -> str:
     return cand
 
 
-def _meta(acts_shapes: Mapping[str, tuple], files: Mapping[str, str], meta: Mapping | None) -> dict:
+def _meta(acts_shapes: Mapping[str, tuple], files: Mapping[str, str], meta: Mapping | None,
+          dtype: str = "float32") -> dict:
     out = dict(meta or {})
     out["format"] = STORE_FORMAT
-    out["layers"] = [{"name": n, "file": files[n], "shape": [int(s) for s in shp], "dtype": "float32"}
+    out["layers"] = [{"name": n, "file": files[n], "shape": [int(s) for s in shp], "dtype": dtype}
                      for n, shp in acts_shapes.items()]
     return out
 
 
-def save_store(out_dir: str | Path, acts: Mapping[str, Any], meta: Mapping | None = None) -> Path:
-    """Write ``acts`` as one float32 ``.npy`` per layer plus ``meta.json``.
+def _store_dtype(dtype: str):
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"activations.dtype: {dtype!r} is not one of {sorted(STORE_DTYPES)}")
+    return STORE_DTYPES[dtype]
+
+
+def _fit_dtype(a, name: str, dtype: str):
+    """``a`` as stored; float16 refuses values it would turn into inf rather than store them silently."""
+    if dtype == "float16":
+        a = np.asarray(a)
+        if a.size and float(np.nanmax(np.abs(a))) > _F16_MAX:
+            raise ValueError(f"activations.dtype: layer {name!r} has values beyond float16's range "
+                             f"({_F16_MAX:g}); store it as float32")
+    return a
+
+
+def save_store(out_dir: str | Path, acts: Mapping[str, Any], meta: Mapping | None = None,
+               dtype: str = "float32") -> Path:
+    """Write ``acts`` as one ``.npy`` per layer (``dtype``: float32 or float16) plus ``meta.json``.
 
     ``meta`` should hold e.g. ``checkpoint``, ``probe_fingerprint``
     (:func:`probe_fingerprint`), ``mode``; layer names, files and shapes are
     added.  Each file is written atomically; ``meta.json`` last.
     """
     out_dir = Path(out_dir)
+    np_dtype = _store_dtype(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Rewriting a store: drop its meta.json first, so that a kill while the layer files are
     # replaced one by one leaves an incomplete store (refused), never old and new layers mixed.
@@ -199,26 +220,28 @@ def save_store(out_dir: str | Path, acts: Mapping[str, Any], meta: Mapping | Non
     shapes = {}
     for n, a in acts.items():
         a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        a = _fit_dtype(a, n, dtype)
         shapes[n] = a.shape
         with atomic_path(out_dir / files[n]) as tmp:
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=a.shape)
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=a.shape)
             step = max(1, (64 << 20) // max(1, a[0].nbytes if a.ndim and a.shape[0] else 1))
             for s in range(0, a.shape[0] if a.ndim else 0, step):
                 mm[s:s + step] = a[s:s + step]
             mm.flush()
             del mm
-    atomic_write_json(out_dir / "meta.json", _meta(shapes, files, meta))
+    atomic_write_json(out_dir / "meta.json", _meta(shapes, files, meta, dtype))
     return out_dir
 
 
 def capture_to_store(model: nn.Module, layers, images, out_dir: str | Path, *, meta: Mapping | None = None,
                      batch_size: int = 256, mean=None, std=None, transform: Callable | None = None,
                      mode: str = "pool", subsample: int = 1, seed: int = 0,
-                     device: str | torch.device = "cpu") -> Path:
-    """:func:`capture` streamed batch by batch into memory-mapped ``.npy`` files
+                     device: str | torch.device = "cpu", dtype: str = "float32") -> Path:
+    """:func:`capture` streamed batch by batch into memory-mapped ``.npy`` files of ``dtype``
     (temp files renamed on success), then ``meta.json`` (with ``mode``,
     ``subsample``, ``seed``, ``probe_fingerprint`` added)."""
     out_dir = Path(out_dir)
+    np_dtype = _store_dtype(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     images_t = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
     n_img = images_t.shape[0]
@@ -237,8 +260,8 @@ def capture_to_store(model: nn.Module, layers, images, out_dir: str | Path, *, m
                     shapes[n] = (n_img * per_img,) + a.shape[1:]
                     files[n] = _file_name(n, taken)
                     tmp = stack.enter_context(atomic_path(out_dir / files[n]))
-                    mms[n] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shapes[n])
-                mms[n][start * per_img:start * per_img + a.shape[0]] = a
+                    mms[n] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shapes[n])
+                mms[n][start * per_img:start * per_img + a.shape[0]] = _fit_dtype(a, n, dtype)
         for mm in mms.values():
             mm.flush()
         mms.clear()
@@ -252,7 +275,7 @@ def capture_to_store(model: nn.Module, layers, images, out_dir: str | Path, *, m
     m.setdefault("seed", seed)
     m.setdefault("probe_fingerprint", probe_fingerprint(images_t))
     m.setdefault("n_images", int(n_img))
-    atomic_write_json(out_dir / "meta.json", _meta(shapes, files, m))
+    atomic_write_json(out_dir / "meta.json", _meta(shapes, files, m, dtype))
     return out_dir
 
 
@@ -287,6 +310,8 @@ def load_store(store_dir: str | Path, mmap: bool = True) -> tuple[dict[str, np.n
         expected = tuple(entry["shape"])
         if tuple(arr.shape) != expected:
             raise CheckpointError(f"{path}: shape {tuple(arr.shape)} != {expected} in meta.json; {recover}")
+        if str(arr.dtype) != entry.get("dtype", "float32"):
+            raise CheckpointError(f"{path}: dtype {arr.dtype} != {entry.get('dtype', 'float32')} in meta.json; {recover}")
         if mmap and path.stat().st_size < arr.offset + arr.nbytes:
             raise CheckpointError(f"{path}: truncated ({path.stat().st_size} bytes); {recover}")
         acts[entry["name"]] = arr

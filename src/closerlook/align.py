@@ -14,10 +14,12 @@ acts on. Specs come from
 * :func:`builtin_spec`: the built-in families of :mod:`closerlook.models`
   (VGG-11/16 +-BN, ``small_cnn``, the CIFAR ResNet-18 with each residual
   stream one tied group), written out from the module structure;
-* :func:`fx_spec`: derived from a ``torch.fx`` trace of any network built from
-  Conv2d / Linear / BatchNorm / pointwise / pooling modules, additions (residual
-  streams tied) and flattening (e.g. torchvision's resnet18); a node it cannot
-  follow raises :class:`AlignError` naming the module or function.
+* :func:`fx_spec`: derived from a ``torch.fx`` trace (:mod:`closerlook.align_fx`): convs (depthwise and
+  grouped too), Linear, norm layers, elementwise activations (module and function forms), dropout, pooling,
+  residual additions and multiplicative gates (tied), concatenations and chunks, flatten and channel shuffles
+  (e.g. torchvision's ResNets, MobileNets, ShuffleNet, SqueezeNet, EfficientNet); an operation it cannot
+  follow raises :class:`AlignError` naming the enclosing module and the operation. docs/alignment.md lists
+  what aligns automatically and how to write a spec by hand.
 
 Permuting copies values, so :func:`apply_permutation` of a network is bitwise
 the same function up to float reassociation (the sums inside a layer run in
@@ -31,7 +33,6 @@ the endpoints' statistics.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,6 +45,9 @@ from torch.func import functional_call
 
 from .io import CloserlookError
 from .data import batches_of
+from .landscape import evaluate_point
+from .models import VGG, ResNet18
+from .tables import PATH_COLUMNS
 
 # the one owner of alignment defaults (config `align:`): Ainsworth et al.'s weight matching, iterated until
 # no permutation group improves (at most max_iter sweeps, groups in a seeded random order); REPAIR statistics
@@ -53,7 +57,54 @@ ALIGN_DEFAULTS: dict[str, Any] = {"method": "weights", "max_iter": 100, "seed": 
 METHODS = ("weights", "none")
 CURVE_ALIGN_DEFAULT = "none"  # a curve's `align:` option: its end is used as trained unless it says `weights`
 
-Axis = tuple[str, int] | None  # (permutation name, units per block on this axis) or not permuted
+
+
+class Mixed:
+    """An axis that carries several permutations, or one in a non-contiguous order (a concatenation, a channel
+    shuffle, a depthwise conv's multiplier, a channel-last flatten): position i holds sub-position ``sub[i]`` of
+    unit ``idx[i]`` of permutation ``names[i]`` (None: a position no permutation moves)."""
+
+    def __init__(self, names: Sequence[str | None], idx: Sequence[int], sub: Sequence[int]) -> None:
+        self.names, self.idx, self.sub = tuple(names), tuple(int(i) for i in idx), tuple(int(s) for s in sub)
+        self._rows: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mixed) and (self.names, self.idx, self.sub) == (other.names, other.idx, other.sub)
+
+    def __hash__(self) -> int:
+        return hash((self.names, self.idx, self.sub))
+
+    def __repr__(self) -> str:
+        return f"Mixed({len(self)} positions: {', '.join(self.perms())})"
+
+    def perms(self) -> list[str]:
+        return list(dict.fromkeys(n for n in self.names if n is not None))
+
+    def rows(self, name: str) -> torch.Tensor:
+        """(units, block) positions of ``name``: row u = unit u's positions in sub-position order."""
+        if name not in self._rows:
+            pos = sorted((self.idx[i], self.sub[i], i) for i, n in enumerate(self.names) if n == name)
+            units = len({u for u, _, _ in pos})
+            self._rows[name] = torch.tensor([i for _, _, i in pos], dtype=torch.long).reshape(units, -1)
+        return self._rows[name]
+
+    def index(self, perms: Mapping[str, torch.Tensor], skip: str | None = None) -> torch.Tensor:
+        idx = torch.arange(len(self))
+        for name in self.perms():
+            if name != skip:
+                r = self.rows(name)
+                idx[r.reshape(-1)] = r[perms[name].cpu()].reshape(-1)
+        return idx
+
+
+Axis = tuple[str, int] | Mixed | None  # (permutation name, units per block on this axis), a Mixed axis, or not permuted
+
+
+def _names(ax: Axis) -> list[str]:
+    return [] if ax is None else ax.perms() if isinstance(ax, Mixed) else [ax[0]]
 
 
 class AlignError(CloserlookError, ValueError):
@@ -72,7 +123,9 @@ class PermSpec:
         out: dict[str, list[tuple[str, int, int]]] = {p: [] for p in self.sizes}
         for key, axes in self.axes.items():
             for i, ax in enumerate(axes):
-                if ax is not None:
+                if isinstance(ax, Mixed):
+                    out.update({p: out[p] + [(key, i, ax.rows(p).shape[1])] for p in ax.perms()})
+                elif ax is not None:
                     out[ax[0]].append((key, i, ax[1]))
         return out
 
@@ -85,7 +138,13 @@ class PermSpec:
             if len(axes) != len(shape):
                 raise AlignError(f"permutation spec: key {key!r} has {len(shape)} axes, the spec {len(axes)}")
             for i, ax in enumerate(axes):
-                if ax is not None and self.sizes[ax[0]] * ax[1] != shape[i]:
+                if isinstance(ax, Mixed):
+                    bad = [p for p in ax.perms() if ax.rows(p).shape[0] != self.sizes[p]]
+                    if len(ax) != shape[i] or bad:
+                        raise AlignError(f"permutation spec: key {key!r} axis {i} has size {shape[i]}, its mixed "
+                                         f"axis {len(ax)} positions" + (f", permutation {bad[0]!r} the wrong number "
+                                                                        "of units" if bad else ""))
+                elif ax is not None and self.sizes[ax[0]] * ax[1] != shape[i]:
                     raise AlignError(f"permutation spec: key {key!r} axis {i} has size {shape[i]}, "
                                      f"permutation {ax[0]!r} x block {ax[1]} needs {self.sizes[ax[0]] * ax[1]}")
 
@@ -159,8 +218,6 @@ def _resnet_spec(model: nn.Module) -> PermSpec:
 
 def builtin_spec(model: nn.Module) -> PermSpec:
     """The permutation spec of a network from :func:`closerlook.models.build_model`."""
-    from .models import VGG, ResNet18
-
     if isinstance(model, VGG):
         return _vgg_spec(model)
     if isinstance(model, ResNet18):
@@ -169,7 +226,16 @@ def builtin_spec(model: nn.Module) -> PermSpec:
 
 
 def permutation_spec(model: nn.Module) -> PermSpec:
-    """The built-in spec when there is one, else the one derived from a torch.fx trace."""
+    """The model's own spec when it has one (a ``closerlook_permutation_spec`` attribute: a PermSpec or a method
+    returning one, see docs/alignment.md), else the built-in spec, else the one derived from a torch.fx trace."""
+    own = getattr(model, "closerlook_permutation_spec", None)
+    if own is not None:
+        spec = own() if callable(own) else own
+        if not isinstance(spec, PermSpec):
+            raise AlignError(f"{type(model).__name__}.closerlook_permutation_spec gave a {type(spec).__name__}, "
+                             "not a closerlook.align.PermSpec")
+        spec.check(model.state_dict())
+        return spec
     try:
         return builtin_spec(model)
     except AlignError:
@@ -178,107 +244,13 @@ def permutation_spec(model: nn.Module) -> PermSpec:
 
 # --------------------------------------------------------------------------- torch.fx derivation
 
-_PASS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d,
-                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity, nn.Flatten)
-_PASS_FUNCS = {F.relu, torch.relu, F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.dropout}
-_FLATTEN = {torch.flatten, "flatten"}
-_ADD = {operator.add, torch.add, operator.iadd, "add", "add_"}
 
+def fx_spec(model: nn.Module, example: torch.Tensor | None = None) -> PermSpec:
+    """A permutation spec derived from a ``torch.fx`` trace of ``model`` (:mod:`closerlook.align_fx`,
+    docs/alignment.md); ``example``: an input batch for the shapes (default: 2 random images of the first size in 32, 28, 64, 96, 224 pixels the model accepts)."""
+    from .align_fx import derive
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, p: str) -> str:
-        while self.parent.setdefault(p, p) != p:
-            p = self.parent[p]
-        return p
-
-    def union(self, a: str, b: str) -> None:
-        self.parent[self.find(b)] = self.find(a)
-
-
-class _FxWalk:
-    """Follows each node's (permutation, block) through the graph; layers record their axes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.mods = model, dict(model.named_modules())
-        self.b, self.uf = _Builder(model), _UnionFind()
-        self.layers: list[tuple[str, str | None, Axis]] = []  # (prefix, out perm, in axis)
-        self.fixed: set[str] = set()
-
-    def module(self, target: str, inp: Axis) -> Axis:
-        m = self.mods[target]
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if isinstance(m, nn.Conv2d) and m.groups != 1:
-                raise AlignError(f"fx_spec: module {target!r} is a grouped conv (groups={m.groups}); not supported")
-            n_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
-            if inp is not None:
-                inp = (inp[0], n_in // self.b.spec.sizes[inp[0]])
-            out = self.b.new(target, m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            self.layers.append((target, out, inp))
-            return (out, 1)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if inp is None:
-                raise AlignError(f"fx_spec: module {target!r} normalises an unpermuted input")
-            self.layers.append((target, inp[0], None))
-            return inp
-        if isinstance(m, _PASS_MODULES):
-            return inp
-        raise AlignError(f"fx_spec: cannot derive a permutation through module {target!r} ({type(m).__name__})")
-
-    def function(self, node, args: list) -> Axis:
-        perms = [a for a in args if a is not None]
-        if node.target in _ADD:
-            if len(perms) == 2:
-                self.uf.union(perms[0][0], perms[1][0])
-            return perms[0] if perms else None
-        if node.target in _FLATTEN or node.target in _PASS_FUNCS or node.target in ("relu", "relu_", "view", "size"):
-            return perms[0] if perms else None
-        name = getattr(node.target, "__name__", str(node.target))
-        raise AlignError(f"fx_spec: cannot derive a permutation through {node.op} {name!r} (node {node.name!r})")
-
-    def run(self) -> PermSpec:
-        import torch.fx
-
-        try:
-            graph = torch.fx.symbolic_trace(self.model).graph
-        except Exception as exc:  # noqa: BLE001 - fx raises many kinds; name the model
-            raise AlignError(f"fx_spec: torch.fx cannot trace {type(self.model).__name__}: {exc}") from exc
-        val: dict[Any, Axis] = {}
-        for node in graph.nodes:
-            args = [val.get(a) for a in node.all_input_nodes]
-            if node.op == "placeholder" or node.op == "get_attr":
-                val[node] = None
-            elif node.op == "call_module":
-                val[node] = self.module(node.target, args[0] if args else None)
-            elif node.op in ("call_function", "call_method"):
-                val[node] = self.function(node, args)
-            elif node.op == "output" and args and args[0] is not None:
-                self.fixed.add(args[0][0])  # the logits keep their order
-        return self.finish()
-
-    def finish(self) -> PermSpec:
-        """Merge tied groups into one permutation each; groups reaching the output are not permuted."""
-        fixed = {self.uf.find(p) for p in self.fixed}
-        root = {p: self.uf.find(p) for p in self.b.spec.sizes}
-        rename = lambda p: None if p is None or root[p] in fixed else root[p]  # noqa: E731
-        sizes = {root[p]: n for p, n in self.b.spec.sizes.items() if root[p] not in fixed}
-        self.b.spec.sizes = sizes
-        for prefix, out, inp in self.layers:
-            inp = (rename(inp[0]), inp[1]) if inp is not None and rename(inp[0]) else None
-            self.b.layer(prefix, rename(out), inp)
-        return self.b.spec
-
-
-def fx_spec(model: nn.Module) -> PermSpec:
-    """A permutation spec derived from a ``torch.fx`` trace of ``model`` (see the module docstring)."""
-    spec = _FxWalk(model).run()
-    sd = model.state_dict()
-    untouched = [k for k, v in sd.items() if k not in spec.axes and v.is_floating_point()]
-    if untouched:
-        raise AlignError(f"fx_spec: state-dict key {untouched[0]!r} is used by no layer the trace followed")
-    return spec
+    return derive(model, example)
 
 
 # --------------------------------------------------------------------------- permutations
@@ -290,14 +262,21 @@ def _take(t: torch.Tensor, axis: int, perm: torch.Tensor, block: int) -> torch.T
 
 
 def apply_permutation(spec: PermSpec, perms: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                      skip: tuple[str, int] | None = None) -> dict[str, torch.Tensor]:
+                      skip: tuple | None = None) -> dict[str, torch.Tensor]:
     """``state`` with every axis permuted (unit i of the result = unit ``perm[i]`` of ``state``).
 
-    ``skip=(key, axis)`` leaves that one axis as it is (weight matching's cost of one group)."""
+    ``skip=(key, axis, name)`` leaves permutation ``name`` on that one axis as it is (weight matching's cost of
+    one group); ``(key, axis)`` the whole axis."""
     out = {}
     for key, t in state.items():
         for i, ax in enumerate(spec.axes.get(key, ())):
-            if ax is not None and (key, i) != skip:
+            if skip is not None and (key, i) == tuple(skip[:2]):
+                if len(skip) == 2 or not isinstance(ax, Mixed):
+                    continue
+                t = t.index_select(i, ax.index(perms, skip=skip[2]).to(t.device))
+            elif isinstance(ax, Mixed):
+                t = t.index_select(i, ax.index(perms).to(t.device))
+            elif ax is not None:
                 t = _take(t, i, perms[ax[0]], ax[1])
         out[key] = t
     return out
@@ -316,9 +295,13 @@ def _cost(spec: PermSpec, users, p: str, a: Mapping, b: Mapping, perms: Mapping)
     n = spec.sizes[p]
     cost = torch.zeros(n, n, dtype=torch.float64)
     for key, axis, block in users[p]:
-        wb = apply_permutation(spec, perms, {key: b[key]}, skip=(key, axis))[key]
-        wa = a[key].movedim(axis, 0).reshape(n, -1)
-        cost += (wa @ wb.movedim(axis, 0).reshape(n, -1).to(wa.dtype).T).double()
+        wb = apply_permutation(spec, perms, {key: b[key]}, skip=(key, axis, p))[key].movedim(axis, 0)
+        wa, ax = a[key].movedim(axis, 0), spec.axes[key][axis]
+        if isinstance(ax, Mixed):  # p's positions, unit by unit
+            rows = ax.rows(p).reshape(-1)
+            wa, wb = wa[rows], wb[rows]
+        wa = wa.reshape(n, -1)
+        cost += (wa @ wb.reshape(n, -1).to(wa.dtype).T).double()
     return cost
 
 
@@ -335,7 +318,7 @@ def _known_users(spec: PermSpec, users, known: set) -> dict:
     out = {}
     for p, us in users.items():
         out[p] = [(key, axis, blk) for key, axis, blk in us
-                  if all(ax is None or j == axis or ax[0] in known for j, ax in enumerate(spec.axes[key]))]
+                  if all(q in known or (j == axis and q == p) for j, ax in enumerate(spec.axes[key]) for q in _names(ax))]
     return out
 
 
@@ -459,8 +442,6 @@ def evaluate_line(module: nn.Module, a: Mapping, b: Mapping, train_loader: Any, 
     """The path table of the straight line a -> b (BN recomputed at each t), REPAIRed when ``repair_loader``."""
     import pandas as pd
 
-    from .landscape import evaluate_point
-    from .tables import PATH_COLUMNS
 
     device = next((v.device for v in module.state_dict().values()), None)
     rows, cache = [], {}

@@ -192,12 +192,18 @@ def trace(model: nn.Module, in_channels: int, image_size: int) -> tuple[list[str
     return order, calls, out
 
 
-def check_output(out: Any, num_classes: int) -> None:
+def check_output(out: Any, num_classes: int, adapted: str | None = None) -> None:
+    """Logits of shape (1, num_classes); ``adapted``: the spec's ``adapt`` (the advice differs once it was given)."""
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if adapted in ("io", "small_input"):  # adapt replaces only the last nn.Linear: squeezenet's classifier is a conv
+            advice = (f"adapt: {adapted} was given, but it replaces only the last nn.Linear and this network's "
+                      f"classifier is not one (e.g. squeezenet's final 1x1 conv); pass kwargs: "
+                      f"{{num_classes: {num_classes}}} so the factory builds the classifier for the data")
+        else:
+            advice = f"pass kwargs: {{num_classes: {num_classes}}} or adapt: io"
         raise ConfigError(f"model: the network's output on one image is {shape}, expected logits of shape "
-                          f"(1, {num_classes}) for the data's {num_classes} classes; pass kwargs: "
-                          f"{{num_classes: {num_classes}}} or adapt: io")
+                          f"(1, {num_classes}) for the data's {num_classes} classes; {advice}")
 
 
 def match(model: nn.Module, patterns: Iterable[str], key: str) -> list[str]:

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .ensembles import LABELS, METHODS
-from .figures import _fmt, _legend, _note, _palette
+from .figures_common import _fmt, _legend, _note, _palette
 from .tables import read_table
 
 

@@ -1,6 +1,6 @@
 """The older lenses beside the paper's: fig7_lenses and fig8_sharpness, from the lens and sharpness tables.
 
-Registered in :func:`closerlook.figures.build_figure` (same entry point, same robustness: a
+Registered in :data:`closerlook.figures.BUILDERS` (same entry point, same robustness: a
 missing or diverged table is drawn as far as it is finite and named in a note).
 
 ``layout`` (all leaves are file paths, from :func:`closerlook.config.figure_layout`):
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .figures import _legend, _note, _palette, _ylabel, draw_plane_overlay, log_contour, plane_overlay_points
+from .figures_common import _legend, _note, _palette, _ylabel
+from .figures_plane import draw_plane_overlay, log_contour, plane_overlay_points
 from .tables import read_table
 
 PATH_STYLE = {"curve": ("black", "-", "o", "trained curve"), "line": ("0.35", "--", "s", "straight line")}

@@ -36,7 +36,7 @@ def job(smk, *, stage: str) -> Iterator[dict]:
         import torch
 
         torch.set_num_threads(threads)
-        from .devices import job_device
+        from .devices import job_device  # (here, like torch: importing jobs stays torch-free)
 
         device = job_device(gpu)
         # which GPU the scheduler gave this job (SLURM sets CUDA_VISIBLE_DEVICES from its gres)

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from . import factories
-from .io import ConfigError
+from .io import CheckpointError, ConfigError
 
 MODEL_NAMES = ("vgg11", "vgg16", "resnet18", "small_cnn")
 INITS = ("default", "paper", "scaled", "kaiming")
@@ -363,7 +363,7 @@ def _attach_layers(model: nn.Module, spec: dict, in_channels: int, num_classes: 
                    external: bool) -> None:
     """Analysis layers and parameter groups from the spec's patterns, or a factory's defaults (one forward pass)."""
     order, calls, out = factories.trace(model, in_channels, image_size)
-    factories.check_output(out, num_classes)
+    factories.check_output(out, num_classes, spec.get("adapt"))
     if "analysis_layers" in spec:
         model.closerlook_layers = factories.layers_from_patterns(model, spec["analysis_layers"], order, calls)
     elif external:
@@ -461,8 +461,6 @@ def model_from_checkpoint(ckpt: dict, path: str = "<checkpoint>", allow: Iterabl
     A factory outside the built-in families is imported only when ``allow`` (the factories the
     current config names) lists it; otherwise CheckpointError naming ``path``: a checkpoint never
     decides what code runs."""
-    from .io import CheckpointError
-
     meta = ckpt.get("meta") or {}
     if "model" not in meta or "data" not in meta:
         raise CheckpointError(f"{path}: checkpoint meta lacks 'model'/'data' (needed to rebuild the network)")

@@ -65,6 +65,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import scipy.linalg
 
+from .verdicts import calibrated, permutation_p
+
 __all__ = [
     "SampleSizeWarning",
     "CovarianceAccumulator",
@@ -1055,8 +1057,6 @@ def subsample_indices(n: int, count: int, size: int | None, seed: int = 0) -> li
 
 
 def _row(name, idx, m, sample, n_img, value, shuffles, exclude_within) -> dict:
-    from .verdicts import calibrated, permutation_p
-
     finite = shuffles[np.isfinite(shuffles)]
     ch = float(np.mean(finite)) if finite.size else float("nan")
     return {"layer": name, "layer_index": idx, "measure": m, "sample": sample, "n_images": int(n_img),

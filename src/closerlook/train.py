@@ -29,15 +29,13 @@ statistics (and the running-statistics updates) are those of each
 micro-batch, so an accumulated run is *not* the same as a true large batch:
 use a true batch (no ``micro_batch_size``) where memory allows.
 
-CLI: ``python -m closerlook.train --spec run.yaml --out DIR [--set key=value ...]``.
+CLI: ``python -m closerlook.train --spec run.yaml --out DIR [--set key=value ...]`` (in :mod:`closerlook.cli`).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io as _io
-import json
 import math
 import os
 import sys
@@ -52,7 +50,7 @@ import torch.nn.functional as F
 
 from . import data, devices, models, resume, schedules, sharpness_trace
 from .io import CheckpointError, ConfigError, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
-from .spec import check_iterations, load_spec, set_key, spec_hash, validate_run_spec
+from .spec import check_iterations, spec_hash, validate_run_spec
 from .tables import METRICS_COLUMNS
 
 
@@ -540,33 +538,7 @@ def _jsonable(d: Mapping) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-# ----------------------------------------------------------------------------- CLI
+if __name__ == "__main__":  # pragma: no cover  (`python -m closerlook.train`: the command line is in closerlook.cli)
+    from closerlook.cli import train_main
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m closerlook.train", description="Train one run spec into a run directory.")
-    ap.add_argument("--spec", required=True, help="run spec (YAML or JSON)")
-    ap.add_argument("--out", required=True, help="run directory")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a spec key (dotted, value parsed as YAML), e.g. --set optimizer.lr=0.1")
-    ap.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
-                    help="an external model factory a teacher checkpoint may name (the spec's own is allowed)")
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        spec = load_spec(args.spec)
-        for kv in args.set:
-            if "=" not in kv:
-                raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
-            k, v = kv.split("=", 1)
-            set_key(spec, k.strip(), v)
-        res = train_run(spec, args.out, progress=None if args.quiet else (lambda m: print(m, flush=True)),
-                        factories=args.allow_factory)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(_jsonable(res), sort_keys=True), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train_main())

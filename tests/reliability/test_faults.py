@@ -82,8 +82,8 @@ def test_training_sigkill_then_rerun_equals_uninterrupted(fmnist_dir, data_cache
     assert p.returncode == -signal.SIGKILL
     assert not (out / "final.pt").exists() and not (out / "status.json").exists()
     assert not [n for n in _listing(out) if ".tmp" in n and n.endswith(".pt") and not n.startswith(".")]
-    from closerlook import train
-    assert train.main(cmd[3:]) == 0          # the rerun (in-process: same CLI, no second start-up)
+    from closerlook import cli
+    assert cli.train_main(cmd[3:]) == 0          # the rerun (in-process: same CLI, no second start-up)
     assert "resume: continuing" in capsys.readouterr().out
     ref = tmp_path / "ref"
     train_run(spec, ref, progress=None)
@@ -116,11 +116,11 @@ def test_curve_fit_sigkill_then_rerun_equals_uninterrupted(runs, tmp_path, capsy
     _poll_kill(p, lambda: _resume_iter(out / "resume.pt", lambda r: r["iteration"]) >= 45)
     assert p.returncode == -signal.SIGKILL
     assert (out / "resume.pt").exists() and not (out / "curve.pt").exists()
-    from closerlook import curves
-    assert curves.main(fit_cmd(out, epochs)[3:]) == 0     # rerun, in-process
+    from closerlook import cli
+    assert cli.curves_main(fit_cmd(out, epochs)[3:]) == 0     # rerun, in-process
     assert "resumed from" in capsys.readouterr().err
     ref = tmp_path / "ref"
-    assert curves.main(fit_cmd(ref, epochs)[3:]) == 0     # uninterrupted reference
+    assert cli.curves_main(fit_cmd(ref, epochs)[3:]) == 0     # uninterrupted reference
     a, b = io.load_checkpoint(ref / "curve.pt"), io.load_checkpoint(out / "curve.pt")
     _tensors_equal(a["model"], b["model"])
     assert a["meta"]["iteration"] == b["meta"]["iteration"] == epochs * 20
@@ -330,13 +330,13 @@ def test_diverged_run_is_recorded_and_downstream_marks_it(runs, fmnist_dir, data
     d = runs["data"]
     common = ["--data", d["name"], "--root", d["root"], "--cache-dir", d["cache_dir"], "--train-per-class", "20",
               "--test-per-class", "10", "--device", "cpu"]
-    from closerlook import curves
-    assert curves.main(["fit", "--start", str(runs[0] / "final.pt"), "--end", str(out / "final.pt"),
-                        "--out", str(tmp_path / "c"), "--epochs", "1", "--quiet", *common]) == 0
+    from closerlook import cli
+    assert cli.curves_main(["fit", "--start", str(runs[0] / "final.pt"), "--end", str(out / "final.pt"),
+                            "--out", str(tmp_path / "c"), "--epochs", "1", "--quiet", *common]) == 0
     assert io.load_checkpoint(tmp_path / "c" / "curve.pt")["meta"]["status"] == "diverged"
-    assert curves.main(["evaluate", "--start", str(runs[0] / "final.pt"), "--end", str(out / "final.pt"),
-                        "--curve", str(tmp_path / "c" / "curve.pt"), "--out", str(tmp_path / "c.csv"),
-                        "--points", "3", "--quiet", *common]) == 0
+    assert cli.curves_main(["evaluate", "--start", str(runs[0] / "final.pt"), "--end", str(out / "final.pt"),
+                            "--curve", str(tmp_path / "c" / "curve.pt"), "--out", str(tmp_path / "c.csv"),
+                            "--points", "3", "--quiet", *common]) == 0
     t = pd.read_csv(tmp_path / "c.csv")
     assert (t["status"] == "diverged").all() and t["test_acc"].isna().all()
 

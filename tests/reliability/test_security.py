@@ -222,13 +222,13 @@ def test_paths_with_spaces_and_quotes_are_data(fmnist_dir, tmp_path, capsys):
     assert train_run(spec, out, progress=None)["status"] == "ok"
     assert sorted(p.name for p in weird.iterdir()) == ["fashion_mnist-test.pt", "fashion_mnist-train.pt"]
     # and through the curves CLI, driven with an argument list (no shell)
-    from closerlook import curves
+    from closerlook import cli
 
     d = spec["data"]
     argv = ["evaluate", "--start", str(out / "iter0.pt"), "--end", str(out / "final.pt"),
             "--out", str(tmp_path / "line 'a'.csv"), "--points", "2", "--device", "cpu", "--quiet",
             "--data", d["name"], "--root", d["root"], "--cache-dir", d["cache_dir"],
             "--train-per-class", str(d["train_per_class"]), "--test-per-class", str(d["test_per_class"])]
-    assert curves.main(argv) == 0
+    assert cli.curves_main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([weird.name, root.name, out.name, "line 'a'.csv"])
     assert not list(tmp_path.rglob("pwned*")) and not Path("pwned").exists()

@@ -1,4 +1,4 @@
-"""The Snakemake profiles resolve as the README says, and the SLURM plugin turns
+"""The Snakemake profiles resolve as docs/slurm.md says, and the SLURM plugin turns
 the `gpu` resource into the sbatch GPU request the profile comments promise.
 No cluster needed (these run in every `make test`)."""
 from __future__ import annotations

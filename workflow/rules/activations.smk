@@ -14,11 +14,9 @@ rule extract_activations:
         probe_size=C.probe_size(config),
     log:
         P.log(R, "activations", "{run}", "seed{seed}-{tag}"),
-    threads: res("activations", "threads", 1)
+    threads: stage_threads("activations")
     resources:
-        gpu=GPU,
-        mem_mb=res("activations", "mem_mb", 8000),
-        runtime=res("activations", "runtime", 60),
+        **stage_resources("activations", runtime=60),
     conda:
         ENV
     script:

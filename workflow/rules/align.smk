@@ -12,10 +12,8 @@ rule align_end:
         settings=C.align_settings(config),
     log:
         P.log(R, "curves", "{curve}", "{inst}-align"),
-    threads: 1
     resources:
-        mem_mb=res("curves", "mem_mb", 8000),
-        runtime=res("curves", "runtime", 60),
+        **stage_resources("curves", gpu=False, runtime=60),
     conda:
         ENV
     script:
@@ -36,11 +34,9 @@ rule evaluate_aligned:
         data=DATA,
     log:
         P.log(R, "curves", "{curve}", "{inst}-{aligned}"),
-    threads: res("curves", "threads", 1)
+    threads: stage_threads("curves")
     resources:
-        gpu=GPU,
-        mem_mb=res("curves", "mem_mb", 8000),
-        runtime=res("curves", "runtime", 240),
+        **stage_resources("curves"),
     conda:
         ENV
     script:

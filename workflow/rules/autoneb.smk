@@ -17,11 +17,9 @@ rule autoneb:
         data=DATA,
     log:
         P.log(R, "autoneb", "{curve}", "{inst}"),
-    threads: res("autoneb", "threads", 1)
+    threads: stage_threads("autoneb")
     resources:
-        gpu=GPU,
-        mem_mb=res("autoneb", "mem_mb", 8000),
-        runtime=res("autoneb", "runtime", 720),
+        **stage_resources("autoneb", runtime=720),
     conda:
         ENV
     script:

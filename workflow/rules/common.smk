@@ -55,6 +55,22 @@ def res(stage, key, default):
 
 GPU = (config.get("resources") or {}).get("gpus_per_job", 1)
 
+# One default for every rule's resources: a rule names its stage (its key in the config's
+# `resources:` block, whose values win) and states only what differs from these.
+RESOURCE_DEFAULTS = {"mem_mb": 8000, "runtime": 240}  # runtime in minutes
+
+
+def stage_resources(stage, gpu=True, **differs):
+    """A rule's `resources:`: RESOURCE_DEFAULTS, then what the rule states, then the config's
+    `resources.<stage>` values; `gpu` (gpus_per_job) unless the rule needs no GPU."""
+    out = {k: res(stage, k, v) for k, v in {**RESOURCE_DEFAULTS, **differs}.items()}
+    return {"gpu": GPU, **out} if gpu else out
+
+
+def stage_threads(stage):
+    """A rule's `threads:` (1 unless the config's `resources.<stage>.threads` says otherwise)."""
+    return res(stage, "threads", 1)
+
 
 def ckpt(ep):
     return C.ckpt_path(config, ep)

@@ -17,11 +17,9 @@ rule fit_curve:
         workdir=lambda wc: P.curve_work(R, wc.curve, wc.inst),
     log:
         P.log(R, "curves", "{curve}", "{inst}-fit"),
-    threads: res("curves", "threads", 1)
+    threads: stage_threads("curves")
     resources:
-        gpu=GPU,
-        mem_mb=res("curves", "mem_mb", 8000),
-        runtime=res("curves", "runtime", 720),
+        **stage_resources("curves", runtime=720),
     conda:
         ENV
     script:
@@ -40,11 +38,9 @@ rule evaluate_paths:
         data=DATA,
     log:
         P.log(R, "curves", "{curve}", "{inst}-paths"),
-    threads: res("curves", "threads", 1)
+    threads: stage_threads("curves")
     resources:
-        gpu=GPU,
-        mem_mb=res("curves", "mem_mb", 8000),
-        runtime=res("curves", "runtime", 240),
+        **stage_resources("curves"),
     conda:
         ENV
     script:
@@ -63,11 +59,9 @@ rule plane:
         data=DATA,
     log:
         P.log(R, "planes", "{plane}", "{inst}"),
-    threads: res("curves", "threads", 1)
+    threads: stage_threads("curves")
     resources:
-        gpu=GPU,
-        mem_mb=res("curves", "mem_mb", 8000),
-        runtime=res("curves", "runtime", 720),
+        **stage_resources("curves", runtime=720),
     conda:
         ENV
     script:

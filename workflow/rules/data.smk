@@ -14,10 +14,8 @@ rule prepare_data:
         cache_dir=lambda wc, output: os.path.dirname(output[0]),
     log:
         P.data_log(DATA["cache_dir"], DATA["name"]),
-    threads: 1
     resources:
-        mem_mb=res("data", "mem_mb", 4000),
-        runtime=res("data", "runtime", 30),
+        **stage_resources("data", gpu=False, mem_mb=4000, runtime=30),
     conda:
         ENV
     script:
@@ -34,10 +32,8 @@ rule data_info:
         probe_size=C.probe_size(config),
     log:
         P.log(R, "data", "info"),
-    threads: 1
     resources:
-        mem_mb=res("data", "mem_mb", 4000),
-        runtime=10,
+        **stage_resources("data", gpu=False, mem_mb=4000, runtime=10),
     conda:
         ENV
     script:

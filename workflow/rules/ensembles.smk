@@ -15,11 +15,9 @@ rule fge:
         data=DATA,
     log:
         P.log(R, "ensembles", "{inst}-fge"),
-    threads: res("ensembles", "threads", 1)
+    threads: stage_threads("ensembles")
     resources:
-        gpu=GPU,
-        mem_mb=res("ensembles", "mem_mb", 8000),
-        runtime=res("ensembles", "runtime", 720),
+        **stage_resources("ensembles", runtime=720),
     conda:
         ENV
     script:
@@ -37,11 +35,9 @@ rule swa:
         data=DATA,
     log:
         P.log(R, "ensembles", "{inst}-swa"),
-    threads: res("ensembles", "threads", 1)
+    threads: stage_threads("ensembles")
     resources:
-        gpu=GPU,
-        mem_mb=res("ensembles", "mem_mb", 8000),
-        runtime=res("ensembles", "runtime", 720),
+        **stage_resources("ensembles", runtime=720),
     conda:
         ENV
     script:
@@ -61,11 +57,9 @@ rule ensembles:
         data=DATA,
     log:
         P.log(R, "ensembles", "{inst}"),
-    threads: res("ensembles", "threads", 1)
+    threads: stage_threads("ensembles")
     resources:
-        gpu=GPU,
-        mem_mb=res("ensembles", "mem_mb", 8000),
-        runtime=res("ensembles", "runtime", 240),
+        **stage_resources("ensembles"),
     conda:
         ENV
     script:

@@ -19,10 +19,8 @@ rule figure:
         figure="|".join(P.FIGURES),
     log:
         P.log(R, "figures", "{figure}"),
-    threads: 1
     resources:
-        mem_mb=res("figures", "mem_mb", 4000),
-        runtime=res("figures", "runtime", 30),
+        **stage_resources("figures", gpu=False, mem_mb=4000, runtime=30),
     conda:
         ENV
     script:

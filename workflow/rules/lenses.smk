@@ -18,11 +18,9 @@ rule lens_slices:
         end="|".join(P.LENS_ENDS),
     log:
         P.log(R, "lenses", "{plane}", "{inst}-slices-{end}"),
-    threads: res("lenses", "threads", 1)
+    threads: stage_threads("lenses")
     resources:
-        gpu=GPU,
-        mem_mb=res("lenses", "mem_mb", 8000),
-        runtime=res("lenses", "runtime", 240),
+        **stage_resources("lenses"),
     conda:
         ENV
     script:
@@ -38,11 +36,9 @@ rule lens_trajectory:
         settings=LENS,
     log:
         P.log(R, "lenses", "{plane}", "{inst}-trajectory"),
-    threads: res("lenses", "threads", 1)
+    threads: stage_threads("lenses")
     resources:
-        gpu=GPU,
-        mem_mb=res("lenses", "mem_mb", 8000),
-        runtime=res("lenses", "runtime", 240),
+        **stage_resources("lenses"),
     conda:
         ENV
     script:
@@ -62,11 +58,9 @@ rule lens_pca_grid:
         data=DATA,
     log:
         P.log(R, "lenses", "{plane}", "{inst}-pca_grid"),
-    threads: res("lenses", "threads", 1)
+    threads: stage_threads("lenses")
     resources:
-        gpu=GPU,
-        mem_mb=res("lenses", "mem_mb", 8000),
-        runtime=res("lenses", "runtime", 240),
+        **stage_resources("lenses"),
     conda:
         ENV
     script:

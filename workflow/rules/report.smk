@@ -13,10 +13,8 @@ rule claims:
         rules=C.claim_rules(config),
     log:
         P.log(R, "report", "claims"),
-    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **stage_resources("report", gpu=False, mem_mb=2000, runtime=10),
     conda:
         ENV
     script:

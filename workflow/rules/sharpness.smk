@@ -15,11 +15,9 @@ rule sharpness_path:
         data=DATA,
     log:
         P.log(R, "sharpness", "{curve}", "{inst}-{path}"),
-    threads: res("sharpness", "threads", 1)
+    threads: stage_threads("sharpness")
     resources:
-        gpu=GPU,
-        mem_mb=res("sharpness", "mem_mb", 8000),
-        runtime=res("sharpness", "runtime", 240),
+        **stage_resources("sharpness"),
     conda:
         ENV
     script:
@@ -38,11 +36,9 @@ rule sharpness_checkpoint:
         label=lambda wc: f"{wc.run}/seed{wc.seed}/{wc.tag}",
     log:
         P.log(R, "sharpness", "checkpoints", "{run}-seed{seed}-{tag}"),
-    threads: res("sharpness", "threads", 1)
+    threads: stage_threads("sharpness")
     resources:
-        gpu=GPU,
-        mem_mb=res("sharpness", "mem_mb", 8000),
-        runtime=res("sharpness", "runtime", 120),
+        **stage_resources("sharpness", runtime=120),
     conda:
         ENV
     script:

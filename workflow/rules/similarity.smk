@@ -12,11 +12,9 @@ rule similarity:
         labels=lambda wc: [ep.label for ep in C.comparison_instances(config, wc.comparison)[wc.inst]],
     log:
         P.log(R, "similarity", "{comparison}", "{inst}"),
-    threads: res("similarity", "threads", 1)
+    threads: stage_threads("similarity")
     resources:
-        gpu=GPU,
-        mem_mb=res("similarity", "mem_mb", 8000),
-        runtime=res("similarity", "runtime", 60),
+        **stage_resources("similarity", runtime=60),
     conda:
         ENV
     script:

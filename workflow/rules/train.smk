@@ -18,11 +18,9 @@ for _run in C.run_names(config):
             workdir=lambda wc, r=_run: P.run_work(R, r, wc.seed),
         log:
             P.log(R, "train", _run, "seed{seed}"),
-        threads: res("train", "threads", 1)
+        threads: stage_threads("train")
         resources:
-            gpu=GPU,
-            mem_mb=res("train", "mem_mb", 8000),
-            runtime=res("train", "runtime", 720),
+            **stage_resources("train", runtime=720),
         conda:
             ENV
         script:

@@ -2,7 +2,7 @@
 
 Each script in ``scripts/`` reads ``snakemake.*`` and calls one of these inside
 :func:`closerlook.jobs.job`; the command lines (``python -m closerlook.train``,
-``python -m closerlook.curves fit|evaluate|plane``) are thin wrappers over them
+``python -m closerlook.curves fit|evaluate|plane``, in :mod:`closerlook.cli`) are thin wrappers over them
 as well. Settings are the dicts :mod:`closerlook.config` resolves (a curve's
 settings, a plane's, the activation and similarity blocks); data is the
 ``data`` block of a run spec. A stage whose input checkpoint diverged writes
@@ -11,6 +11,11 @@ downstream crashes.
 
 One module per rule file of ``workflow/rules/`` (``stages/curves.py`` holds the rules of
 ``curves.smk``); ``_common`` what they share. Every stage is importable from here.
+
+Importing this package loads every rule file's module, so a stage imports its own library module
+(train, activations, similarity, sharpness, lenses, align, autoneb, ensembles, figures, claims)
+inside its function: a job loads only what its rule needs (no matplotlib in a training job, no
+scikit-learn in a curve fit). No import here dodges a cycle (tests/test_imports.py).
 """
 from ._common import Log
 from .data import prepare_data, data_info

@@ -8,9 +8,10 @@ import pandas as pd
 import torch
 
 from .. import curves, landscape
+from ..curves import Layout
 from ..devices import resolve_device
-from ..io import load_checkpoint
-from ..tables import write_csv
+from ..io import atomic_torch_save, load_checkpoint, safe_torch_load
+from ..tables import GRID_COLUMNS, PCA_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS, VIEW_COLUMNS, write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders, _diverged_table, _state_on
 
 
@@ -18,7 +19,6 @@ def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Ma
                 log: Log = print, factories: Sequence[str] = ()) -> None:
     """The 1-D and 2-D filter-normalised slices around one checkpoint (:func:`closerlook.lenses.random_slices`)."""
     from .. import lenses
-    from ..tables import GRID_COLUMNS, SLICE_COLUMNS
 
     s = {**lenses.LENS_DEFAULTS, **settings}
     ck = _endpoint(ckpt)
@@ -38,7 +38,6 @@ def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Ma
 
 def _trajectory_views(module, dev, w1: str, w2: str, bend_ck: Mapping, curve: str, seed: int) -> dict:
     """Each comparison view's directions: the line, the Fig. 3 curve plane, the random slices at w1 and w2."""
-    from ..curves import Layout
     from ..lenses import filter_normalised_direction
 
     lay = Layout(module)
@@ -58,9 +57,6 @@ def lens_trajectory(ckpts: Sequence[str], w1: str, w2: str, curve: str, out_dir:
     """PCA (streamed Gram, origin = the LAST checkpoint) and t-SNE of a run's checkpoints, and the share of the
     trajectory's variance each view keeps: ``pca.csv``, ``trajectory.csv``, ``views.csv``, ``components.pt``."""
     from .. import lenses
-    from ..curves import Layout
-    from ..io import atomic_torch_save
-    from ..tables import PCA_COLUMNS, TRAJECTORY_COLUMNS, VIEW_COLUMNS
 
     s = {**lenses.LENS_DEFAULTS, **settings}
     out = Path(out_dir)
@@ -111,9 +107,6 @@ def lens_pca_grid(origin_ckpt: str, components: str, trajectory: str, out: str, 
                   device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """The loss surface on the top-2 PCA plane through the trajectory's last checkpoint (BN recomputed per point)."""
     from .. import lenses
-    from ..curves import Layout
-    from ..io import safe_torch_load
-    from ..tables import GRID_COLUMNS
 
     s = {**lenses.LENS_DEFAULTS, **settings}
     comp = safe_torch_load(components)

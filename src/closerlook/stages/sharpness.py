@@ -10,13 +10,12 @@ import torch
 from .. import curves
 from ..devices import resolve_device
 from ..io import load_checkpoint
-from ..tables import write_csv
+from ..tables import SHARPNESS_COLUMNS, write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders, _diverged_table, _state_on
 
 
 def _sharpness_rows(module, states, labels, ts, settings, data, dev, log) -> pd.DataFrame:
     from ..sharpness import sharpness_at, subset_batches
-    from ..tables import SHARPNESS_COLUMNS
 
     d = _data_block(data)
     bn_loader, _ = _eval_loaders(d, dev, settings["eval_train_images"], settings["eval_batch_size"])
@@ -36,7 +35,6 @@ def sharpness_path(start: str, end: str, out: str, settings: Mapping, data: Mapp
                    device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Sharpness (:func:`closerlook.sharpness.sharpness_at`) at ``points`` t along the fitted curve or the line."""
     from ..sharpness import SHARPNESS_DEFAULTS
-    from ..tables import SHARPNESS_COLUMNS
 
     s = {**SHARPNESS_DEFAULTS, **settings}
     label = "curve" if curve else "line"
@@ -64,7 +62,6 @@ def sharpness_checkpoint(ckpt: str, label: str, out: str, settings: Mapping, dat
                          log: Log = print, factories: Sequence[str] = ()) -> None:
     """Sharpness of one checkpoint (one row, ``t`` NaN)."""
     from ..sharpness import SHARPNESS_DEFAULTS
-    from ..tables import SHARPNESS_COLUMNS
 
     s = {**SHARPNESS_DEFAULTS, **settings}
     ck = _endpoint(ckpt)

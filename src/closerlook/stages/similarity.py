@@ -5,7 +5,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..tables import write_csv
+from ..tables import SIMILARITY_COLUMNS, write_csv
 
 
 def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: tuple[str, str] = ("a", "b")) -> list[dict]:
@@ -18,7 +18,6 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     """
     from ..activations import load_store
     from ..similarity import COMPARISON_DEFAULTS, layer_rows
-    from ..tables import SIMILARITY_COLUMNS
 
     s = {**COMPARISON_DEFAULTS, **settings}
     measures = list(s["measures"])
