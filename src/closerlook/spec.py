@@ -134,7 +134,7 @@ def validate_run_spec(spec: Mapping) -> dict:
         s["freeze"] = _check_freeze(s, model)
     if s["distill"] is not None:
         s["distill"] = _check_distill(s["distill"])
-    from .sharpness_trace import check_trace
+    from .stability import check_trace
 
     s["sharpness_trace"] = check_trace(s["sharpness_trace"], s)
     return s
