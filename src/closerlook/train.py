@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io as _io
+import json
 import math
 import os
 import sys
