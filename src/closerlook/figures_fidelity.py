@@ -65,7 +65,7 @@ def fidelity_panel(ax, path) -> None:
     ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
     ax.set_ylabel("top-1 agreement with the teacher")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("(d) fidelity: agreement (bars, dots = seeds), KL(teacher || student) at T = 1")
+    ax.set_title("(d) fidelity: top-1 agreement, KL(t || s) at T = 1")
 
 
 def with_fidelity_panel(builder: Callable[[Mapping, Mapping], Figure]) -> Callable[[Mapping, Mapping], Figure]:

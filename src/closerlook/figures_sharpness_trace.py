@@ -39,8 +39,9 @@ def fig10_warmup_sharpness(layout: Mapping, options: Mapping) -> Figure:
                 continue
             ls = LINESTYLES[j % len(LINESTYLES)]
             it = df["iteration"].to_numpy()
-            ax_r.plot(it, df["ratio_low"], ls, color=color, lw=1.2, label=f"{lab} {inst}")
-            ax_r.fill_between(it, df["ratio_low"], df["ratio_high"], color=color, alpha=0.15, lw=0)
+            lo, hi = (df[c].where(df[c] > 0) for c in ("ratio_low", "ratio_high"))  # lr = 0: no ratio (log axis)
+            ax_r.plot(it, lo, ls + ("o" if len(it) < 30 else ""), color=color, lw=1.2, ms=3, label=f"{lab} {inst}")
+            ax_r.fill_between(it, lo, hi, color=color, alpha=0.15, lw=0)
             ax_l.plot(it, df["lambda_max"], ls, color=color, lw=1.2, label=f"{lab} {inst}")
             thr = df["threshold"].replace([np.inf], np.nan) if "threshold" in df else None
             if thr is not None:
@@ -48,7 +49,7 @@ def fig10_warmup_sharpness(layout: Mapping, options: Mapping) -> Figure:
             if "loss" in df:
                 ax_loss.plot(it, df["loss"], ls, color=color, lw=1.2, label=f"{lab} {inst}")
     ax_r.axhline(1.0, color="k", lw=0.8)
-    ax_r.set_yscale("symlog", linthresh=0.1)
+    ax_r.set_yscale("log")
     ax_r.set_xlabel("iteration")
     ax_r.set_ylabel("lr x lambda_max / stability constant")
     ax_r.set_title("(a) lr x lambda_max over the optimiser's limit (1 = edge of stability)")
