@@ -103,7 +103,7 @@ def _with_noise(v: V.Verdict, name: str, values: Sequence[float], ses: Sequence[
     vals, s = np.asarray(values, dtype=float), np.asarray(ses, dtype=float)
     e = {"name": f"{name}, range +- {z:g} s.e. (test-set sampling error)", "estimate": V.num(vals.mean()) if vals.size else None,
          "low": V.num((vals - z * s).min()) if vals.size else None,
-         "high": V.num((vals + z * s).max()) if vals.size else None, "n": int(vals.size), "kind": "range+noise"}
+         "high": V.num((vals + z * s).max()) if vals.size else None, "n": int(vals.size), "kind": "range"}
     v.effects.append(e)
     return e
 
@@ -341,7 +341,7 @@ def _bounded(v: V.Verdict, name: str, pairs: Sequence[tuple[float, float]]) -> d
     hi = [b for _a, b in pairs if V.finite(b)]
     e = {"name": f"{name} (range: lowest Ritz bound .. highest Ritz + residual bound)",
          "estimate": V.num(np.mean(lo)) if lo else None, "low": V.num(min(lo)) if lo else None,
-         "high": V.num(max(hi)) if hi else None, "n": len(pairs), "kind": "range (bounds)"}
+         "high": V.num(max(hi)) if hi else None, "n": len(pairs), "kind": "range"}
     v.effects.append(e)
     return e
 
