@@ -301,8 +301,10 @@ def test_grouped_conv_gate_and_flatten():
     torch.manual_seed(0)
     net = _Gated().eval()
     spec = A.fx_spec(net, example=torch.randn(2, 3, 6, 6))
-    # a and b tied by the product, but fixed: a grouped conv keeps its input channels; g permutes within groups
-    assert sorted(spec.sizes.values()) == [4, 4]
+    # a and b tied by the product; g's two input groups share one permutation of 4 (channels u and 4 + u move
+    # together), g's outputs permute within each of its two groups
+    assert sorted(spec.sizes.values()) == [4, 4, 4]
+    assert isinstance(spec.axes["a.weight"][0], A.Mixed) and spec.axes["g.weight"][1] is not None
     assert spec.axes["fc.weight"][1] is not None
     sd = net.state_dict()
     shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=1), sd)

@@ -90,6 +90,6 @@ def test_gpu_smoke_runs_shrunk_on_cpu(tmp_path):
     for fig in ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill"):
         assert (res / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     claims = json.loads((res / "claims.json").read_text())
-    assert [c["id"] for c in claims["claims"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert [c["id"] for c in claims["claims"]] == ["1a", "1b", "2a", "2b", "3", "4", "5a", "5b", "6", "7"]
     info = json.loads((res / "data" / "info.json").read_text())
     assert info["train_images"] == 500 and info["data"]["name"] == "cifar10_jpeg"  # the overrides arrived typed

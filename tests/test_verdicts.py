@@ -127,3 +127,48 @@ def test_subsamples_smaller_than_a_layer_give_nan_not_an_error():
     assert cca[["value", "chance", "calibrated", "p_value"]].isna().all().all()  # 40 images < 60 neurons
     assert np.isfinite(cka["calibrated"]).all()
     assert np.isfinite(rows[rows["sample"] == "all"]["calibrated"]).all()
+
+
+def test_gate_applies_to_negative_outcomes_only():
+    # issue 24.3: a failed positive control turns "not reproduced" into inconclusive, leaves "reproduced" alone
+    for vals, verdict in (([0.0, 0.01], "inconclusive"), ([0.2, 0.4], "reproduced")):
+        v = V.Verdict(1, "c", V.DEFAULT_RULES)
+        v.gate("positive control", False, 0.9, "<= 0.25")
+        v.check(v.effect("gap", vals), 0.05, "above")
+        e = v.entry("r")
+        assert e["verdict"] == verdict and any("needed for a negative outcome" in p["name"] for p in e["premises"])
+    assert "positive control" in e["premises"][0]["name"]
+
+
+def test_noise_widened_range_within_the_threshold_is_inconclusive():
+    v = V.Verdict(1, "c", V.DEFAULT_RULES)
+    v.check(v.effect("gap", [0.06]), 0.05, "above", noise=0.02, noise_basis="binomial")
+    e = v.entry("r")
+    assert e["verdict"] == "inconclusive" and "within measurement noise" in e["reason"]
+    assert e["effects"][0]["noise"] == {"half_width": 0.02, "basis": "binomial"}
+    v = V.Verdict(1, "c", V.DEFAULT_RULES)
+    v.check(v.effect("gap", [0.06]), 0.05, "above", noise=0.005)
+    assert v.entry("r")["verdict"] == "reproduced"
+
+
+def test_accuracy_difference_se():
+    # 0.85 vs 0.84 on 1,000 images: sqrt(0.1275 + 0.1344) / sqrt(1000) = 0.016183
+    assert V.acc_diff_se(0.85, 0.84, 1000) == pytest.approx(0.016183, abs=1e-6)
+    assert np.isnan(V.acc_diff_se(0.85, 0.84, None))
+
+
+def test_single_run_prints_no_spread():
+    e = V.spread("gap", [0.3])
+    assert V.effect_text(e) == "gap: 0.3 (single run (n = 1): no spread)"
+    v = V.Verdict(1, "c", V.DEFAULT_RULES)
+    v.check(v.effect("gap", [0.3]), 0.05, "above")
+    assert "single run (n = 1): no spread" in v.entry("r")["reason"]
+
+
+def test_trained_with_a_training_loss_condition():
+    # issue 25.3: above the accuracy bar but not fitted: not trained where train_loss_max is set
+    assert V.trained(0.4, 10, 0.1, "r", train_loss=1.5)["holds"]
+    p = V.trained(0.4, 10, 0.1, "r", train_loss=1.5, train_loss_max=1.0)
+    assert not p["holds"] and "train loss <= 1" in p["rule"]
+    df = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.5, 0.6], "train_loss": [1.0, 0.4]})
+    assert V.run_trained(df, None, 10, 0.1, "r", train_loss_max=0.5)["holds"]

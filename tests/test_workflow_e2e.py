@@ -68,7 +68,7 @@ def test_full_run_produces_figures_claims_and_logs(done):
             f = res / "figures" / f"{fig}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
     claims = json.loads((res / "claims.json").read_text())
-    assert [c["id"] for c in claims["claims"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert [c["id"] for c in claims["claims"]] == ["1a", "1b", "2a", "2b", "3", "4", "5a", "5b", "6", "7"]
     assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in claims["claims"])
     assert "Claim 7" in (res / "claims.md").read_text()
     log = (res / "logs" / "train" / "sgd" / "seed0.log").read_text()

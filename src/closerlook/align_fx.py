@@ -10,7 +10,8 @@ for each traced tensor, the atom and the sub-position that sits at each position
 * ``cat`` on the channel axis concatenates the inputs' positions (a block-diagonal permutation), ``chunk`` /
   ``split`` slice them;
 * a depthwise conv keeps its input's atoms (output channel c*k+j is sub-position j of input channel c); a
-  grouped conv fixes its input channels and lets each group's outputs permute among themselves;
+  grouped conv ties its input groups position by position (one permutation inside every group, the same in
+  each) and lets each group's outputs permute among themselves;
 * a reshape (``view``, ``reshape``, ``flatten``, ``transpose``, ``permute``, ``channel_shuffle``, ...) is
   replayed on index tensors of the traced shapes: each output channel position that holds elements of one input
   channel keeps that channel's atom (flatten after pooling, ShuffleNet's channel shuffle); a reshape whose
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .align import AlignError, Mixed, PermSpec
+from .align_spec import AlignError, Mixed, PermSpec
 
 _HINT = ("; write the permutation spec by hand for this model (closerlook.align.PermSpec, see docs/alignment.md) "
          "or leave the curve's align option at none")
@@ -171,8 +172,12 @@ class _Walk:
             atom = np.repeat(x.atom, k)
             sub = np.array([self.intern((int(s), j)) if k > 1 else int(s) for s in x.sub for j in range(k)])
             out = _Lab(atom, sub)
-        else:  # grouped: the input channels stay, each group's outputs permute among themselves
-            self.fixed.append(x.atom)
+        else:  # grouped: one permutation of the input channels inside every group (the same in each group),
+            # each group's outputs permute among themselves
+            m_in = n_in // groups
+            for j in range(1, groups):
+                self.tie(x[:m_in], x[j * m_in:(j + 1) * m_in])
+            self.record(f"{t}.weight", 1, x[:m_in])
             out = self.new_atoms(t, m.out_channels)
             self.colour.append((out.atom, np.arange(m.out_channels) // (m.out_channels // groups), t))
         self.record(f"{t}.weight", 0, out)

@@ -933,3 +933,43 @@ def check_explain_figures(cfg: dict) -> None:
             raise ConfigError(f"config key figures.fig10_warmup_sharpness.runs.{lab}: no run named {run!r}")
         if not resolve_run(cfg, run).get("sharpness_trace"):
             raise ConfigError(f"config key figures.fig10_warmup_sharpness.runs.{lab}: run {run!r} has no sharpness_trace")
+
+
+# --- added by rules
+def claims_inputs(cfg: dict) -> dict:
+    """The claims' own inputs beside the figures' layouts (team interfaces A and B): ``controls`` and
+    ``controls_md`` (similarity positive controls) when the config configures them (a ``similarity.controls``
+    block) and paths.py names them; ``fidelity`` (distillation fidelity) when fig6_distill is configured and
+    paths.py names it. Keys absent otherwise: claims 5b-7 then say "positive control not configured" and
+    claim 7 "fidelity not measured"."""
+    R, out = results_dir(cfg), {}
+    if (cfg.get("similarity") or {}).get("controls") and hasattr(paths, "controls_table"):
+        out["controls"] = paths.controls_table(R)
+        if hasattr(paths, "controls_markdown"):
+            out["controls_md"] = paths.controls_markdown(R)
+    if "fig6_distill" in (cfg.get("figures") or {}) and hasattr(paths, "fidelity_table"):
+        out["fidelity"] = paths.fidelity_table(R)
+    figs = cfg.get("figures") or {}
+    if "fig3_plane" in figs and claim_rules(cfg).get("plane_instances") == "all":
+        plane = figs["fig3_plane"]["plane"]
+        curve = cfg["planes"][plane]["curve"]
+        planes = {}
+        for inst in curve_instances(cfg, curve):
+            lay = {k: paths.plane_file(R, plane, inst, f"{k}.csv") for k in ("grid", "points")}
+            lay["curve"] = paths.path_table(R, curve, inst, "curve")
+            proj = plane_projection(cfg, plane, inst)
+            if proj:
+                lay["metrics"] = {proj[0].run: {f"seed{proj[0].seed}": paths.run_metrics(R, proj[0].run, proj[0].seed)}}
+            lay["data_info"] = paths.data_info(R)
+            planes[inst] = lay
+        out["fig3_planes"] = planes  # claim 3 judged over every instance's plane (config claims.plane_instances)
+    return out
+
+
+def claims_input_files(cfg: dict) -> list[str]:
+    """Every file of :func:`claims_inputs` (nested layouts flattened): the claims rule's extra inputs."""
+    def walk(x: Any) -> list[str]:
+        if isinstance(x, Mapping):
+            return [f for y in x.values() for f in walk(y)]
+        return [x] if isinstance(x, str) else []
+    return sorted(set(walk(claims_inputs(cfg))))

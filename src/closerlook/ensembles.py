@@ -325,7 +325,8 @@ def _design(v: V.Verdict, method: str, kept: Mapping[str, pd.DataFrame]) -> None
               "training epochs <= the independent seeds'" + (f" ({budgets[0][1]:g})" if budgets else ""))
 
 
-def _entry(method: str, tables: Mapping[str, tuple], num_classes: int | None, rules: Mapping) -> dict:
+def _entry(method: str, tables: Mapping[str, tuple], num_classes: int | None, rules: Mapping,
+           test_images: int | None = None) -> dict:
     tol = float(rules["ensemble_acc_tol"])
     v = V.Verdict(f"beyond-{method}", CLAIMS[method].format(tol=tol), rules)
     kept = {i: tab[0] for i, tab in tables.items() if _instance_ok(v, method, i, tab, num_classes)}
@@ -335,7 +336,10 @@ def _entry(method: str, tables: Mapping[str, tuple], num_classes: int | None, ru
         v.seed(inst)
     effects = [v.effect(name, [float(t.loc[method, col]) - float(t.loc["independent", col]) for t in kept.values()])
                for col, name in _EFFECTS]
-    v.check(effects[0], -tol, "above")
+    # the accuracy difference's own sampling error (issue 29.8; closerlook.verdicts.acc_diff_se)
+    se = [V.acc_diff_se(t.loc[method, "test_acc"], t.loc["independent", "test_acc"], test_images) for t in kept.values()]
+    nz = float(rules.get("acc_noise_z", 1.96)) * max([x for x in se if np.isfinite(x)], default=float("nan"))
+    v.check(effects[0], -tol, "above", noise=nz if np.isfinite(nz) else None, noise_basis=V.ACC_NOISE_BASIS)
     v.measured = {inst: {LABELS[m]: {c: V.num(t.loc[m, c]) for c in _MEASURED} for m in (method, "independent")}
                   for inst, t in kept.items()}
     if len(kept) == 1:
@@ -356,4 +360,4 @@ def evaluate_beyond(layout: Mapping, rules: Mapping | None = None) -> list[dict]
     k = V.read_num_classes(layout.get("data_info"))
     read = [t for t, _p in tables.values() if t is not None]
     methods = [m for m in METHODS if m != "independent" and (not read or any(m in t.index for t in read))]
-    return [_entry(m, tables, k, r) for m in methods]
+    return [_entry(m, tables, k, r, V.read_test_images(layout.get("data_info"))) for m in methods]

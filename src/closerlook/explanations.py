@@ -199,13 +199,15 @@ def _measured(df: pd.DataFrame, kept: Sequence[tuple[int, int]]) -> dict:
 def _depth_story(claim7: Mapping | None, gap: float) -> tuple[bool | None, str]:
     """What claim 7's depth-profile effect says: True (deep layers closer to the teacher in the distilled
     student by more than ``gap``), False (at most ``gap``), None (range straddles / not measured)."""
-    for e in (claim7 or {}).get("effects") or []:
-        if str(e.get("name", "")).startswith("depth profile"):
-            lo, hi = e.get("low"), e.get("high")
-            if V.finite(lo) and V.finite(hi):
-                return (True if lo > gap else False if hi <= gap else None), f"{e['name']} [{lo:.3g}, {hi:.3g}] vs {gap:g}"
-            return None, f"{e['name']}: not measured"
-    return None, "claim 7 has no depth-profile effect"
+    effects = [e for e in (claim7 or {}).get("effects") or [] if str(e.get("name", "")).startswith("depth profile")]
+    effects.sort(key=lambda e: ("cca" not in e["name"], "judged" not in e["name"]))  # the CCA one, judged, first
+    if not effects:
+        return None, "claim 7 has no depth-profile effect"
+    e = effects[0]
+    lo, hi = e.get("low"), e.get("high")
+    if V.finite(lo) and V.finite(hi):
+        return (True if lo > gap else False if hi <= gap else None), f"{e['name']} [{lo:.3g}, {hi:.3g}] vs {gap:g}"
+    return None, f"{e['name']}: not measured"
 
 
 def fidelity_vs_cca(raised: Mapping, claim7: Mapping | None, rules: Mapping) -> dict:
@@ -244,9 +246,10 @@ def evaluate_beyond(layouts: Mapping[str, Mapping], rules: Mapping | None, claim
     """The "Beyond the paper" entries of the competing explanations whose inputs the layouts carry."""
     out: list[dict] = []
     f6 = layouts.get("fig6_distill") or {}
-    if f6.get("fidelity"):
-        claim7 = next((c for c in claims if c.get("id") == 7), None)
-        out += fidelity_entries(f6, rules or {}, claim7)
+    fid = f6.get("fidelity") or layouts.get("fidelity")  # fig6's layout, or the claims' own input (interface B)
+    if fid:
+        claim7 = next((c for c in claims if str(c.get("id")) == "7"), None)
+        out += fidelity_entries({**f6, "fidelity": fid}, rules or {}, claim7)
     f10 = layouts.get("fig10_warmup_sharpness") or {}
     if f10.get("trajectories"):
         out += sharpness_entries(f10, rules or {})

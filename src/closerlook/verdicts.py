@@ -55,6 +55,19 @@ DEFAULT_RULES: dict[str, Any] = {
     "acc_min_gap": 0.005,           # claims 5-6: an accuracy gap counts when at least this
     "freeze_close_frac": 0.5,       # claim 6: frozen FC recovers at least this fraction of warmup's gain
     "measure": "cca_mean",          # claims 5-7 when the figure block names none
+    # issue 29 / 24 / 25 additions (each a premise or an effect's rule; the configs say why each value)
+    "barrier_definition": "interpolation",  # judged barrier: "interpolation" = max_t [L(t) - ((1-t) L0 + t L1)]
+                                    # (no bump hidden between endpoints of unequal loss); "endpoint_max" = max_t L(t)
+                                    # - max(L0, L1) (tables.path_barrier); both are reported
+    "line_min_points": 9,           # claims 1a-2a: a line evaluated at fewer t values can miss its barrier
+    "restart_min_rise_nats": 0.05,  # claim 1a: the training loss after an SGDR restart rises above its value
+                                    # before by this (a restart too weak to leave the basin is another regime)
+    "train_loss_max": None,         # trained also needs final train loss <= this (None: not judged; basis per config)
+    "warmup_min_acc_above_chance": None,  # claim 5b: the warmup run at the compared checkpoint above chance +
+                                    # this (None: min_acc_above_chance)
+    "acc_noise_z": 1.96,            # accuracy effects widened by z x their sampling SE (binomial, per test set)
+    "p_value_min_shuffles": 99,     # a permutation p-value is shown only with >= this many shuffles
+    "plane_instances": "first",     # claim 3 on the plane of the curve's first instance, or "all" (one plane each)
     # beyond the paper (closerlook.ensembles.evaluate_beyond): an ensemble is "about as accurate" as as many
     # independent seeds when its accuracy difference's whole range lies above -this (1 percentage point: the
     # size of seed-to-seed differences at demo scale; fixed before any ensemble was measured)
@@ -121,25 +134,72 @@ def permutation_p(observed: float, shuffled: Sequence[float]) -> float:
     return float((1 + int(np.sum(s >= observed))) / (s.size + 1))
 
 
-def trained(acc: Any, num_classes: Any, margin: float, name: str, diverged: bool = False) -> dict:
-    """Premise "trained": not diverged and test accuracy > 1/num_classes + margin."""
+def trained(acc: Any, num_classes: Any, margin: float, name: str, diverged: bool = False,
+            train_loss: Any = None, train_loss_max: Any = None) -> dict:
+    """Premise "trained": not diverged and test accuracy > 1/num_classes + margin (and, when ``train_loss_max``
+    is set, the final training loss <= it: with a few thousand training images a run can sit above the
+    accuracy bar without having fitted its data, or fit it while the test accuracy says little)."""
     if not num_classes:
         return premise_record(name, False, num(acc), "number of classes unknown (data info missing)")
     thr = 1.0 / float(num_classes) + float(margin)
     holds = (not diverged) and finite(acc) and float(acc) > thr
     rule = f"not diverged and test accuracy > 1/{int(num_classes)} + {margin:g} = {thr:.3g}"
-    return premise_record(name, bool(holds), "diverged" if diverged else num(acc), rule)
+    value: Any = "diverged" if diverged else num(acc)
+    if train_loss_max is not None:
+        ok = finite(train_loss) and float(train_loss) <= float(train_loss_max)
+        holds = holds and ok
+        rule += f" and train loss <= {float(train_loss_max):g}"
+        if not diverged:
+            value = f"test acc {_fmt(num(acc))}, train loss {_fmt(num(train_loss))}"
+    return premise_record(name, bool(holds), value, rule)
 
 
-def run_trained(df: Any, problem: str | None, num_classes: Any, margin: float, name: str) -> dict:
-    """:func:`trained` for a run's metrics table (final row's ``test_acc``; ``problem`` from read_table)."""
-    acc = float("nan")
+def run_trained(df: Any, problem: str | None, num_classes: Any, margin: float, name: str,
+                train_loss_max: Any = None) -> dict:
+    """:func:`trained` for a run's metrics table (final row's ``test_acc`` / ``train_loss``; ``problem`` from
+    read_table)."""
+    acc = loss = float("nan")
     if df is not None and "test_acc" in getattr(df, "columns", ()) and len(df):
         d = df.sort_values("epoch") if "epoch" in df.columns else df
         acc = float(d["test_acc"].iloc[-1])
+        loss = float(d["train_loss"].iloc[-1]) if "train_loss" in d.columns else float("nan")
     if problem not in (None, "diverged"):
         return premise_record(name, False, problem, "metrics table readable")
-    return trained(acc, num_classes, margin, name, diverged=problem == "diverged")
+    return trained(acc, num_classes, margin, name, diverged=problem == "diverged", train_loss=loss,
+                   train_loss_max=train_loss_max)
+
+
+def acc_se(p: Any, n: Any) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images (NaN when unknown)."""
+    if not (finite(p) and finite(n)) or n <= 0:
+        return float("nan")
+    p = min(max(float(p), 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / float(n))
+
+
+def acc_diff_se(p1: Any, p2: Any, n: Any) -> float:
+    """Sampling SE of ``p1 - p2``, two accuracies on the SAME ``n`` test images, without per-image predictions.
+
+    The paired SE is sqrt(d - (p1 - p2)^2) / sqrt(n) with d the share of discordant images (McNemar); it needs
+    per-image predictions, which the pipeline does not keep. Used instead: sqrt(p1 q1 + p2 q2) / sqrt(n), the SE
+    of two independent accuracies, which bounds the paired SE from above whenever the two models' errors are
+    positively correlated (two trained networks on one test set: the usual case). Per-image correctness of both
+    models (one bit per image) would give the paired value and tighten the interval."""
+    a, b = acc_se(p1, n), acc_se(p2, n)
+    return math.sqrt(a * a + b * b) if math.isfinite(a) and math.isfinite(b) else float("nan")
+
+
+ACC_NOISE_BASIS = ("binomial SE of each accuracy on the test set, combined as for independent errors (an upper "
+                   "bound of the paired McNemar SE when the models' errors are positively correlated; per-image "
+                   "predictions would give the paired SE)")
+
+
+def read_test_images(path: Any) -> int | None:
+    """``test_images`` from a data-info JSON; None if unreadable."""
+    try:
+        return int(json.loads(Path(path).read_text())["test_images"])
+    except (OSError, TypeError, KeyError, ValueError):
+        return None
 
 
 def premise_record(name: str, holds: bool, value: Any, rule: str) -> dict:
@@ -168,6 +228,8 @@ class Verdict:
         self.seeds: list[str] = []
         self._blocking: list[dict] = []
         self._unit_failures: list[dict] = []
+        self._gates: list[dict] = []
+        self._notes: list[str] = []
         self._checks: list[tuple[bool | None, str]] = []
 
     def premise(self, name: str, holds: bool, value: Any = None, rule: str = "", blocking: bool = True) -> bool:
@@ -179,6 +241,20 @@ class Verdict:
         if not record["holds"]:
             (self._blocking if blocking else self._unit_failures).append(dict(record))
         return bool(record["holds"])
+
+    def gate(self, name: str, holds: bool, value: Any = None, rule: str = "") -> bool:
+        """A premise of a NEGATIVE outcome only (e.g. the positive control: a curve that removes its own barrier
+        needs none): a failed gate turns "not reproduced" into inconclusive and leaves "reproduced" alone."""
+        rec = premise_record(f"{name} (needed for a negative outcome)", holds, value, rule)
+        self.premises.append(rec)
+        if not holds:
+            self._gates.append(rec)
+        return bool(holds)
+
+    def note(self, text: str) -> None:
+        """A sentence the verdict's reason carries whatever the verdict (e.g. a sign that differs by scale)."""
+        if text and text not in self._notes:
+            self._notes.append(text)
 
     def missing(self, what: str, problem: str) -> None:
         """An input the claim needs is missing, empty, unreadable or diverged (a blocking premise)."""
@@ -207,39 +283,63 @@ class Verdict:
         self.effects.append(e)
         return e
 
-    def check(self, e: Mapping, threshold: float, side: str) -> bool | None:
-        """Judge effect ``e`` against ``threshold`` (side ``"above"`` or ``"below"``) on its whole range."""
+    def check(self, e: Mapping, threshold: float, side: str, noise: float | None = None,
+              noise_basis: str = "") -> bool | None:
+        """Judge effect ``e`` against ``threshold`` (side ``"above"`` or ``"below"``) on its whole range.
+
+        ``noise`` (a half-width, e.g. z x the accuracy's sampling SE): the range widened by it must clear the
+        threshold too; a range that clears it only before widening is undecided "within measurement noise"."""
         lo, hi = e.get("low"), e.get("high")
+        nz = float(noise) if finite(noise) and noise > 0 else 0.0
         if not (finite(lo) and finite(hi)):
-            out = None
-        elif side == "above":
-            out = True if lo > threshold else (False if hi <= threshold else None)
+            out, why = None, "undecided (range straddles the threshold or is unknown)"
         else:
-            out = True if hi <= threshold else (False if lo > threshold else None)
-        word = {True: "holds", False: "fails", None: "undecided (range straddles the threshold or is unknown)"}[out]
-        rng = f"[{_fmt(lo)}, {_fmt(hi)}]"
-        self._checks.append((out, f"{e['name']} {rng} {'>' if side == 'above' else '<='} {threshold:g} {word}"))
+            out = _side(lo, hi, threshold, side)
+            out_n = _side(lo - nz, hi + nz, threshold, side) if nz else out
+            if out is not None and out_n is None:
+                out, why = None, f"inconclusive: within measurement noise (+-{nz:.3g}, its basis in the effect)"
+            else:
+                why = {True: "holds", False: "fails", None: "undecided (range straddles the threshold or is unknown)"}[out]
+        if nz and isinstance(e, dict):
+            e["noise"] = {"half_width": num(nz), "basis": noise_basis}
+        rng = f"[{_fmt(lo)}, {_fmt(hi)}]" + (" (single run (n = 1): no spread)" if e.get("n") == 1 else "")
+        self._checks.append((out, f"{e['name']} {rng} {'>' if side == 'above' else '<='} {threshold:g} {why}"))
         return out
 
     def decide(self) -> tuple[str, str]:
+        notes = "".join(f"; {t}" for t in self._notes)
         if self._blocking:
             why = "; ".join(f"{p['name']} ({_fmt(p['value'])}; needs {p['rule']})" for p in self._blocking)
-            return INCONCLUSIVE, "premise absent: " + why
+            return INCONCLUSIVE, "premise absent: " + why + notes
         if not self._checks:
-            return INCONCLUSIVE, "nothing to judge"
+            return INCONCLUSIVE, "nothing to judge" + notes
         fails = [t for ok, t in self._checks if ok is False]
         undecided = [t for ok, t in self._checks if ok is None]
+        if fails and self._gates:
+            why = "; ".join(f"{p['name']} ({_fmt(p['value'])}; needs {p['rule']})" for p in self._gates)
+            return INCONCLUSIVE, ("negative outcome not established, its premise absent: " + why + "; measured: "
+                                  + "; ".join(fails + undecided) + notes)
         if fails:
-            return NOT_REPRODUCED, "; ".join(fails + undecided)
+            return NOT_REPRODUCED, "; ".join(fails + undecided) + notes
         if undecided:
-            return INCONCLUSIVE, "; ".join(undecided)
-        return REPRODUCED, "; ".join(t for _, t in self._checks)
+            return INCONCLUSIVE, "; ".join(undecided) + notes
+        return REPRODUCED, "; ".join(t for _, t in self._checks) + notes
+
+    def outcomes(self, start: int = 0) -> list[bool | None]:
+        """The outcomes of the checks made since check number ``start`` (for per-measure judgements)."""
+        return [ok for ok, _ in self._checks[start:]]
 
     def entry(self, rule: str) -> dict:
         verdict, reason = self.decide()
         return {"id": self.cid, "claim": self.claim, "verdict": verdict, "rule": rule, "reason": reason,
                 "seeds": list(self.seeds), "premises": list(self.premises), "effects": list(self.effects),
                 "measured": self.measured}
+
+
+def _side(lo: float, hi: float, threshold: float, side: str) -> bool | None:
+    if side == "above":
+        return True if lo > threshold else (False if hi <= threshold else None)
+    return True if hi <= threshold else (False if lo > threshold else None)
 
 
 def summary(entries: Sequence[Mapping]) -> dict:
@@ -268,8 +368,12 @@ def effect_text(e: Mapping | None, level: float = 0.95) -> str:
     """``0.31 (range 0.2 to 0.4, n=2)`` / ``0.31 (95 % t-interval 0.2 to 0.4, n=5)``."""
     if not e or e.get("estimate") is None:
         return f"{e['name']}: n/a" if e else "-"
+    noise = e.get("noise") or {}
+    nz = f", measurement noise +-{_fmt(noise.get('half_width'))}" if noise.get("half_width") else ""
+    if e.get("n") == 1:
+        return f"{e['name']}: {_fmt(e['estimate'])} (single run (n = 1): no spread{nz})"
     what = "range" if e["kind"] == "range" else f"{100 * level:g} % t-interval"
-    return f"{e['name']}: {_fmt(e['estimate'])} ({what} {_fmt(e['low'])} to {_fmt(e['high'])}, n={e['n']})"
+    return f"{e['name']}: {_fmt(e['estimate'])} ({what} {_fmt(e['low'])} to {_fmt(e['high'])}, n={e['n']}{nz})"
 
 
 def _md_value(v: Any, depth: int = 0) -> list[str]:

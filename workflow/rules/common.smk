@@ -165,4 +165,5 @@ def _claims_inputs(wc):
     files = []
     for fig in C.claim_figures(config):
         files += C.figure_layout(config, fig)[1]
+    files += C.claims_input_files(config)  # similarity controls, fidelity, every plane of claim 3 (when configured)
     return sorted(set(files))
