@@ -301,6 +301,7 @@ def main(argv=None) -> dict:
         section("similarity", sim)
     if "workflow" in sections:
         section("dryrun", dryrun_paper)
+        section("plan", __import__("bench.plan_bench", fromlist=["register"]).register(ROWS, TARGETS))  # issue 26.1
         if a.skip_demo:
             res["demo_wall_s"] = None
             res["demo_note"] = "skipped (--skip-demo / CLOSERLOOK_BENCH_SKIP_DEMO)"

@@ -145,8 +145,16 @@ def test_resolution_of_relative_imports():
     assert path.suffix == ".py"
 
 
+# Cycles still in modules other branches own, each as the import that closes it (left out of the
+# graph for the check, with the issue that fixes it named here); empty: none known.
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+
+
 def test_no_import_cycle_between_units():
-    cycle = find_cycle(unit_graph(module_graph()))
+    graph = unit_graph(module_graph())
+    for a, b in KNOWN_CYCLE_EDGES:
+        graph.get(a, set()).discard(b)
+    cycle = find_cycle(graph)
     assert cycle is None, "import cycle between closerlook's modules: " + " -> ".join(cycle)
 
 

@@ -29,13 +29,11 @@ from torch import nn
 
 from .data import probe_fingerprint
 from .io import CheckpointError, atomic_path, atomic_write_json
+from .defaults import CAPTURE_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 from .models import analysis_layers
 
 STORE_FORMAT = "closerlook-activations/1"
 MODES = ("pool", "full", "subsample")
-# the workflow's capture settings (config `activations:`): spatial mean of conv outputs, 16 positions
-# per image when subsampling, 500 probe images per forward batch, float32 stores
-CAPTURE_DEFAULTS = {"mode": "pool", "subsample": 16, "batch_size": 500, "dtype": "float32"}
 # Storage dtypes: float16 halves the disk of a store; readers compute in float64 either way.
 STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _F16_MAX = float(np.finfo(np.float16).max)

@@ -42,19 +42,15 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.func import functional_call
 
+from .align_fx import derive
 from .align_spec import AlignError, Axis, Mixed, PermSpec, _names  # noqa: F401 - re-exported: the public names
 from .data import batches_of
+from .defaults import ALIGN_DEFAULTS, CURVE_ALIGN_DEFAULT  # noqa: F401 (torch-free: planning imports no torch)
 from .landscape import evaluate_point
 from .models import VGG, ResNet18
 from .tables import PATH_COLUMNS
 
-# the one owner of alignment defaults (config `align:`): Ainsworth et al.'s weight matching, iterated until
-# no permutation group improves (at most max_iter sweeps, groups in a seeded random order); REPAIR statistics
-# from the first repair_images training images (Jordan et al. use 5,000 for CIFAR-10)
-ALIGN_DEFAULTS: dict[str, Any] = {"method": "weights", "max_iter": 100, "seed": 0, "repair": True,
-                                  "repair_images": 1000}
 METHODS = ("weights", "none")
-CURVE_ALIGN_DEFAULT = "none"  # a curve's `align:` option: its end is used as trained unless it says `weights`
 
 
 # --------------------------------------------------------------------------- built-in families
@@ -156,8 +152,6 @@ def permutation_spec(model: nn.Module) -> PermSpec:
 def fx_spec(model: nn.Module, example: torch.Tensor | None = None) -> PermSpec:
     """A permutation spec derived from a ``torch.fx`` trace of ``model`` (:mod:`closerlook.align_fx`,
     docs/alignment.md); ``example``: an input batch for the shapes (default: 2 random images of the first size in 32, 28, 64, 96, 224 pixels the model accepts)."""
-    from .align_fx import derive
-
     return derive(model, example)
 
 

@@ -35,35 +35,10 @@ from torch.func import functional_call
 from .curves import CurveError, Layout, check_t
 from .data import batches_of
 from .io import ConfigError, load_checkpoint, save_checkpoint
+from .defaults import AUTONEB_DEFAULTS, AUTONEB_KEYS as KEYS, check_autoneb_settings as check_settings  # noqa: F401 (torch-free: planning imports no torch)
 
-# The one owner of AutoNEB's defaults (config `autoneb:`). Draxler et al. run 4 cycle groups of
-# 1,000 steps on CIFAR with lr decay; these are scaled for a small demo: assumption.
-AUTONEB_DEFAULTS: dict[str, Any] = {
-    "cycles": 4, "steps": 100, "lr": 0.015, "lr_decay": 0.7, "momentum": 0.9, "spring": 1.0,
-    "init_pivots": 1, "insert_points": 5, "insert_per_cycle": 1, "insert_tol": 0.0, "batch_size": 128,
-    "eval_batches": 4, "weight_decay": 0.0, "seed": 0,
-}
-KEYS = set(AUTONEB_DEFAULTS)
 
 LossOf = Callable[[torch.Tensor, Any], torch.Tensor]
-
-
-def check_settings(settings: Mapping, key: str = "autoneb") -> dict:
-    """The settings completed with the defaults; ConfigError naming ``key.<name>`` when one is wrong."""
-    s = {**AUTONEB_DEFAULTS, **settings}
-    for name in ("cycles", "steps", "insert_points", "batch_size", "eval_batches"):
-        if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 1:
-            raise ConfigError(f"{key}.{name}: must be an integer >= 1, got {s[name]!r}")
-    for name in ("init_pivots", "insert_per_cycle"):
-        if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 0:
-            raise ConfigError(f"{key}.{name}: must be an integer >= 0, got {s[name]!r}")
-    for name in ("lr", "lr_decay"):
-        if not (isinstance(s[name], (int, float)) and s[name] > 0):
-            raise ConfigError(f"{key}.{name}: must be a number > 0, got {s[name]!r}")
-    for name in ("momentum", "spring", "insert_tol", "weight_decay"):
-        if not (isinstance(s[name], (int, float)) and s[name] >= 0):
-            raise ConfigError(f"{key}.{name}: must be a number >= 0, got {s[name]!r}")
-    return s
 
 
 # --------------------------------------------------------------------------- the band

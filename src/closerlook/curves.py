@@ -51,20 +51,9 @@ from .data import batches_of
 from .devices import resolve_device
 from .io import CloserlookError, ConfigError, load_checkpoint, save_checkpoint
 from .tables import write_csv
+from .defaults import FIT_DEFAULTS, STOP_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
 KINDS = ("bezier", "polychain", "line")
-# Curve fitting: Garipov et al.'s recipe (dnn-mode-connectivity), the one owner of these defaults
-FIT_DEFAULTS: dict[str, Any] = {
-    "kind": "bezier", "num_bends": 3, "epochs": 10, "lr": 0.015, "weight_decay": 5.0e-4, "momentum": 0.9,
-    "batch_size": 128, "t_per_batch": 1, "augment": False, "schedule": "garipov",
-    "resume": True, "checkpoint_epochs": [], "resume_every": 200,
-    "stop": None,   # optional stopping rule (STOP_DEFAULTS keys); None: always the full ``epochs``
-}
-# The stopping rule: after each epoch (every ``every`` epochs) the max training loss over ``ts`` on the
-# first ``images`` training images (unaugmented, BN recomputed) is measured; the fit stops once that
-# max has not fallen by more than ``min_delta`` nats below its best so far for ``patience`` checks.
-# ``min_delta`` has no default (it sets the tolerance): the rule is on only when given.
-STOP_DEFAULTS: dict[str, Any] = {"ts": [0.25, 0.5, 0.75], "images": 500, "patience": 3, "every": 1}
 
 
 class CurveError(CloserlookError, ValueError):

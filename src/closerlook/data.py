@@ -60,14 +60,10 @@ import numpy as np
 import torch
 
 from .io import CheckpointError, CloserlookError, ConfigError, atomic_path, safe_torch_load
+from .catalog import (DATASET_NAMES, FOLDER_ORDER, FOLDER_ORDER_SEED, FOLDER_SETS, KNOWN_DIMS,  # noqa: F401 (torch-free, in catalog: planning imports no torch)
+                      PROBE_SIZE, SOURCE_ORDER, TORCHVISION_PREFIX, known_dims, stored_order)
 
 CACHE_FORMAT = "closerlook-data/1"
-# the stored order of folder data sets (module docstring, "Stored order"); any fixed seed would do.
-# Changing either value changes every folder set's order: old caches are then re-decoded.
-FOLDER_ORDER_SEED = 20190506
-FOLDER_ORDER = f"class-mixed/randperm-seed{FOLDER_ORDER_SEED}"
-SOURCE_ORDER = "source"  # sets stored in the order of their files (what caches without an "order" hold)
-FOLDER_SETS = ("imagefolder", "cifar10_jpeg")
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -82,16 +78,6 @@ DEFAULT_CIFAR_JPEG = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_TORCHVISION_ROOT = Path("resources/data/torchvision")
 
-DATASET_NAMES = ("cifar10", "fashion_mnist", "imagefolder", "cifar10_jpeg")
-TORCHVISION_PREFIX = "torchvision:"
-# (in_channels, num_classes, image_size) known before any data is read, for checking a model
-# against the data at config time; other sets are checked when their first job builds the model
-KNOWN_DIMS = {"cifar10": (3, 10, 32), "cifar10_jpeg": (3, 10, 32), "fashion_mnist": (1, 10, 28),
-              "torchvision:MNIST": (1, 10, 28), "torchvision:FashionMNIST": (1, 10, 28),
-              "torchvision:KMNIST": (1, 10, 28), "torchvision:QMNIST": (1, 10, 28),
-              "torchvision:CIFAR10": (3, 10, 32), "torchvision:CIFAR100": (3, 100, 32),
-              "torchvision:SVHN": (3, 10, 32), "torchvision:STL10": (3, 10, 96)}
-PROBE_SIZE = 1000  # images in the similarity probe set when a config does not say (data.probe_size)
 SPLITS = ("train", "test")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -130,12 +116,6 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
         with atomic_path(cache) as tmp:
             torch.save(entry, tmp)
     return images, labels, info
-
-
-def stored_order(name: str) -> str:
-    """How a data set's images are ordered in its cache: ``FOLDER_ORDER`` for the folder sets
-    (class-mixed permutation), ``SOURCE_ORDER`` (the files' own order) for the others."""
-    return FOLDER_ORDER if name in FOLDER_SETS else SOURCE_ORDER
 
 
 def dataset_info(name: str, root: str | os.PathLike | None = None,
@@ -331,11 +311,6 @@ def check_name(name: Any) -> None:
 
 
 _check_name = check_name
-
-
-def known_dims(name: str) -> tuple[int, int, int] | None:
-    """(in_channels, num_classes, image_size) of a data set when known without reading it, else None."""
-    return KNOWN_DIMS.get(name)
 
 
 def _torchvision_class(name: str):

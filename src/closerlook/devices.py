@@ -18,29 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from .io import ConfigError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def _device_value(spec: Any) -> str:
-    if isinstance(spec, Mapping):
-        spec = spec.get("device", "auto")
-    if spec is None:
-        return "auto"
-    if isinstance(spec, torch.device):
-        return str(spec)
-    return str(spec).strip().lower()
-
-
-def check_device_name(value: Any, key: str = "device") -> str:
-    """Validate the *form* of a device value (without requiring the hardware)."""
-    v = _device_value(value)
-    if v in ("auto", "cpu", "cuda"):
-        return v
-    if v.startswith("cuda:") and v[5:].isdigit():
-        return v
-    raise ConfigError(f"{key}: {value!r} is not a device; use one of auto, cpu, cuda, cuda:N")
+from .catalog import DEVICE_CHOICES, PRECISIONS, _device_value, check_device_name  # noqa: F401 (torch-free, in catalog: planning imports no torch)
 
 
 def resolve_device(spec: Any = "auto") -> torch.device:

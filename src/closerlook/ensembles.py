@@ -41,25 +41,11 @@ from .io import ConfigError
 from .landscape import recompute_bn
 from .similarity import linear_cka
 from .tables import ENSEMBLE_COLUMNS, MEMBER_COLUMNS, read_table
+from .defaults import ENSEMBLE_DEFAULTS, FGE_LR_MIN_RATIO, SWA_LR_RATIO, resolve_lrs  # noqa: F401 (torch-free: planning imports no torch)
 
 METHODS = ("independent", "snapshot", "fge", "curve", "swa")
 LABELS = {"independent": "independent seeds", "snapshot": "SGDR snapshots", "fge": "FGE",
           "curve": "curve ensemble", "swa": "SWA (one network)"}
-# The one owner of the ensemble defaults (config `ensembles:`). FGE: Garipov et al. use lr 0.05 -> 0.0005
-# for VGG-16 (a factor 100); null = the base run's lr and 1 % of it. SWA: Izmailov et al. use
-# swa_lr 0.01 after lr 0.05 for VGG-16 (0.2 x); null = 0.2 x the base run's lr. Both: assumptions.
-ENSEMBLE_DEFAULTS: dict[str, Any] = {
-    "members": 4, "budget_epochs": 4, "fge": {"lr_max": None, "lr_min": None}, "swa": {"lr": None},
-    "curve_ts": None, "cka_images": 500, "eval_batch_size": 500,
-}
-FGE_LR_MIN_RATIO, SWA_LR_RATIO = 0.01, 0.2
-
-
-def resolve_lrs(settings: Mapping, base_lr: float) -> dict[str, float]:
-    """FGE's lr_max / lr_min and SWA's lr: the configured values, else the ratios above of the base run's lr."""
-    lr_max = float(settings["fge"].get("lr_max") or base_lr)
-    return {"lr_max": lr_max, "lr_min": float(settings["fge"].get("lr_min") or lr_max * FGE_LR_MIN_RATIO),
-            "swa_lr": float(settings["swa"].get("lr") or base_lr * SWA_LR_RATIO)}
 
 
 # --------------------------------------------------------------------------- training FGE and SWA

@@ -37,26 +37,12 @@ import torch
 from torch import nn
 
 from .io import CheckpointError, ConfigError
+from .catalog import ADAPTERS, _NAME_RE, is_external, normalise_adapt, split_name  # noqa: F401 (torch-free, in catalog: planning imports no torch)
 
-ADAPTERS = ("none", "io", "small_input")
 DIM_ARGS = ("in_channels", "num_classes", "image_size")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # modules whose eval-mode output is their input: no representation of their own
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-def is_external(name: Any) -> bool:
-    return isinstance(name, str) and ":" in name
-
-
-def split_name(name: str, key: str = "model.name", default_module: str = "torchvision.models") -> tuple[str, str]:
-    """``"pkg.mod:attr.sub"`` -> ``("pkg.mod", "attr.sub")``; ``torchvision:x`` -> ``(default_module, "x")``."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"{key}: {name!r} is not a factory name of the form 'package.module:callable' "
-                          "(or 'torchvision:<name>')")
-    mod, attr = name.split(":", 1)
-    return (default_module if mod == "torchvision" else mod), attr
 
 
 def check_allowed(name: str, allow: Iterable[str], path: str) -> None:
@@ -112,15 +98,6 @@ def call_factory(name: str, kwargs: Mapping, in_channels: int, num_classes: int,
 
 
 # ----------------------------------------------------------------------------- adapters
-
-def normalise_adapt(value: Any) -> str:
-    if value is True:
-        return "io"
-    if value is False or value is None:
-        return "none"
-    if value not in ADAPTERS:
-        raise ConfigError(f"model.adapt: {value!r} is not one of {', '.join(ADAPTERS)} (or true = io)")
-    return value
 
 
 def _set_module(model: nn.Module, qual: str, new: nn.Module) -> None:

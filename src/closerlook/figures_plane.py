@@ -10,7 +10,6 @@ from matplotlib import colors as mcolors
 from matplotlib import patheffects
 from matplotlib.figure import Figure
 
-from . import verdicts as V
 from .tables import ANCHORS, epoch_key, plane_arrays, read_table
 from .figures_common import UNTRAINED, _finite, _legend, _note, _ylabel, untrained_marks
 

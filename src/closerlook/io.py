@@ -146,3 +146,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
         return {"format": CHECKPOINT_FORMAT, "model": obj, "meta": {}}
     raise CheckpointError(f"{path}: not a closerlook checkpoint nor a state dict of tensors")
+
+
+def fingerprint(settings: Any) -> str:
+    """16 hex digits of sha256 over the settings as sorted JSON (non-JSON values by ``str``)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

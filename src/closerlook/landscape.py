@@ -31,13 +31,7 @@ from .curves import Curve, CurveError, Layout, check_t
 from .data import batches_of
 from .io import ConfigError
 from .tables import GRID_COLUMNS, PATH_COLUMNS, POINT_COLUMNS
-
-EVAL_BATCH_SIZE = 500  # batch of the evaluation passes (memory only: per-batch sums are accumulated)
-# evaluation along a path: Garipov et al. evaluate 61 points; BN recomputed on all (or the first N) batches
-PATH_DEFAULTS = {"points": 61, "eval_train_images": None, "bn_batches": None, "eval_batch_size": EVAL_BATCH_SIZE}
-# the plane grid: Garipov et al.'s default, 21 x 21 points with 0.2 margins
-PLANE_DEFAULTS = {"grid": [21, 21], "margin": 0.2, "eval_train_images": None, "bn_batches": None,
-                  "eval_batch_size": EVAL_BATCH_SIZE}
+from .defaults import EVAL_BATCH_SIZE, PATH_DEFAULTS, PLANE_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
 
 def _bn_modules(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -168,7 +162,6 @@ def diverged_path_table(ts: int | Sequence[float] | None = PATH_DEFAULTS["points
     nan = float("nan")
     return pd.DataFrame([{"t": t, "train_loss": nan, "train_acc": nan, "test_loss": nan, "test_acc": nan,
                           "path": path, "status": "diverged"} for t in _ts(ts)], columns=PATH_COLUMNS)
-
 
 
 # --------------------------------------------------------------------------- plane

@@ -38,23 +38,8 @@ from .curves import Layout
 from .io import ConfigError
 from .landscape import EVAL_BATCH_SIZE, surface_metrics
 from .tables import GRID_COLUMNS, SLICE_COLUMNS
+from .defaults import LENS_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
-# One owner for the lens settings (config.lens_settings merges the config's `lenses:` block over these).
-LENS_DEFAULTS: dict[str, Any] = {
-    "seed": 0,            # direction i of a slice: seed + i
-    "points": 21,         # 1-D slice: points over [-span, span]
-    "grid": [11, 11],     # 2-D slice: (u, v) points over [-span, span]^2
-    "span": 1.0,          # Li et al.'s range: alpha in [-1, 1] (filter-normalised units)
-    "pca_grid": [11, 11],  # the loss surface on the top-2 PCA plane
-    "margin": 0.2,        # PCA grid: trajectory extent + margin x extent on each side
-    "center": "final",    # final (Li et al.'s origin) | mean (also subtract the centred rows' mean)
-    "perplexity": 5.0,    # t-SNE; drawn only when perplexity < N / 3
-    "tsne_seed": 0,
-    "memory_mb": 1024,    # Gram streaming: checkpoints held at once = memory_mb / (8 P bytes) - 1
-    "eval_train_images": None,
-    "bn_batches": None,
-    "eval_batch_size": EVAL_BATCH_SIZE,
-}
 CENTERS = ("final", "mean")
 
 

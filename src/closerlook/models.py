@@ -52,12 +52,9 @@ from torch import nn
 
 from . import factories
 from .io import CheckpointError, ConfigError
+from .catalog import (BUILTIN_ONLY, EXTERNAL_KEYS, INITS, MODEL_NAMES, SPEC_KEYS, _normalise_external,  # noqa: F401 (torch-free, in catalog: planning imports no torch)
+                      _with_layers, arch_key, normalise_spec)
 
-MODEL_NAMES = ("vgg11", "vgg16", "resnet18", "small_cnn")
-INITS = ("default", "paper", "scaled", "kaiming")
-BUILTIN_ONLY = ("batch_norm", "init_scale", "width", "dropout", "skip")
-SPEC_KEYS = ("name", *BUILTIN_ONLY, "init", "kwargs", "adapt", "analysis_layers", "groups")
-EXTERNAL_KEYS = ("name", "kwargs", "adapt", "init", "analysis_layers", "groups")
 
 VGG_CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -68,96 +65,6 @@ FC_HIDDEN = {"vgg11": 4096, "vgg16": 4096, "small_cnn": 256}
 
 
 # ----------------------------------------------------------------------------- spec
-
-def normalise_spec(spec: dict) -> dict:
-    """The model spec completed with its defaults; ConfigError naming a bad key."""
-    if not isinstance(spec, dict):
-        raise ConfigError(f"model: must be a mapping with at least 'name', got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown model key; known keys: {', '.join(SPEC_KEYS)}")
-    name = spec.get("name")
-    if factories.is_external(name):
-        return _normalise_external(spec)
-    if name not in MODEL_NAMES:
-        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}, "
-                          "or 'torchvision:<name>' / 'package.module:factory'")
-    for k in ("kwargs", "adapt"):
-        if k in spec:
-            raise ConfigError(f"model.{k}: only for external factories ('torchvision:...', 'module:factory'), "
-                              f"not the built-in {name}")
-    bn = spec.get("batch_norm", None)
-    if bn is None:
-        bn = name == "resnet18"
-    if not isinstance(bn, bool):
-        raise ConfigError(f"model.batch_norm: must be true or false, got {bn!r}")
-    init = spec.get("init", "default")
-    if init not in INITS:
-        raise ConfigError(f"model.init: unknown init {init!r}; known: {', '.join(INITS)}")
-    scale = spec.get("init_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ConfigError(f"model.init_scale: must be a number > 0, got {scale!r}")
-    width = spec.get("width", 1)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise ConfigError(f"model.width: must be a number > 0, got {width!r}")
-    dropout = spec.get("dropout", 0.5 if name.startswith("vgg") else 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ConfigError(f"model.dropout: must be a number in [0, 1), got {dropout!r}")
-    if name == "resnet18" and "dropout" in spec:
-        raise ConfigError("model.dropout: not supported by resnet18")
-    skip = spec.get("skip", True)
-    if not isinstance(skip, bool):
-        raise ConfigError(f"model.skip: must be true or false, got {skip!r}")
-    if name != "resnet18" and "skip" in spec:
-        raise ConfigError(f"model.skip: only resnet18 has skip connections, not {name}")
-    out = {"name": name, "batch_norm": bn, "init": init, "init_scale": float(scale),
-           "width": width, "dropout": float(dropout)}
-    if name == "resnet18":
-        out["skip"] = skip
-    return _with_layers(out, spec)
-
-
-def _normalise_external(spec: dict) -> dict:
-    name = spec["name"]
-    factories.split_name(name)
-    builtin = [k for k in BUILTIN_ONLY if k in spec]
-    if builtin:
-        raise ConfigError(f"model.{builtin[0]}: a built-in-only key ({', '.join(BUILTIN_ONLY)}); the external "
-                          f"factory {name!r} takes its settings in model.kwargs")
-    kwargs = spec.get("kwargs") or {}
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise ConfigError(f"model.kwargs: must be a mapping of keyword arguments, got {kwargs!r}")
-    init = spec.get("init", "default")
-    if init not in INITS or init == "scaled":
-        raise ConfigError(f"model.init: {init!r} is not one of default, paper, kaiming for an external factory "
-                          "(scaled needs init_scale, a built-in-only key)")
-    out = {"name": name, "kwargs": dict(kwargs), "adapt": factories.normalise_adapt(spec.get("adapt")), "init": init}
-    return _with_layers(out, spec)
-
-
-def _with_layers(out: dict, spec: dict) -> dict:
-    layers = spec.get("analysis_layers")
-    if layers is not None:
-        if isinstance(layers, str):
-            layers = [layers]
-        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) and x for x in layers):
-            raise ConfigError(f"model.analysis_layers: must be a non-empty list of module names or glob patterns, "
-                              f"got {spec.get('analysis_layers')!r}")
-        out["analysis_layers"] = list(layers)
-    if spec.get("groups") is not None:
-        g = spec["groups"]
-        if not isinstance(g, dict) or not g:
-            raise ConfigError(f"model.groups: must be a mapping {{group: [module patterns]}}, got {g!r}")
-        out["groups"] = {str(k): [v] if isinstance(v, str) else list(v or []) for k, v in g.items()}
-    return out
-
-
-def arch_key(spec: dict) -> tuple:
-    """What makes two model specs the same layers (for per-layer comparisons and curves): name, width,
-    skip, factory kwargs and adapter, analysis layers."""
-    s = normalise_spec(spec)
-    return (s["name"], float(s.get("width", 1.0)), s.get("skip", True), repr(sorted(s.get("kwargs", {}).items())),
-            s.get("adapt", "none"), tuple(s.get("analysis_layers") or ()))
 
 
 def _check_dims(in_channels: Any, num_classes: Any, image_size: Any) -> None:

@@ -1,6 +1,6 @@
 """The results layout: one function per artefact, the only place a results path is spelled out.
 
-``config.py`` (the inputs of figures and claims) and the rules (``workflow/rules/*.smk``:
+``closerlook.config`` (the inputs of figures and claims) and the rules (``workflow/rules/*.smk``:
 outputs, inputs, logs, work directories) both build their paths here. ``R`` is the
 results root of one config (:func:`results_dir`); every other argument is a name, and a
 Snakemake wildcard such as ``"{seed}"`` passes through unchanged, so a rule's output
@@ -15,7 +15,7 @@ pattern and the path a figure reads come from the same function::
     results/<name>/similarity/<comparison>/<inst>.csv
     results/<name>/lenses/<plane>/<inst>/{slice1d_<end>,slice2d_<end>,pca,trajectory,views,pca_grid}.csv, components.pt
     results/<name>/sharpness/paths/<curve>/<inst>/<path>.csv, sharpness/checkpoints/<run>/seed<S>/<tag>.csv
-    results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json
+    results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json, checks/models.json
     results/<name>/logs/<stage>/...log, work/{runs,curves}/... (resume state)
     <cache_dir>/<data set>-{train,test}.pt   (decoded data, shared by configs)
 """
@@ -164,6 +164,11 @@ def sharpness_trajectory(R: str, run: str, seed) -> str:
 def fidelity_table(R: str) -> str:
     """The students' fidelity to their teacher (closerlook.fidelity): one row per (student, seed, split)."""
     return f"{R}/distill/fidelity.csv"
+
+
+def models_check(R: str) -> str:
+    """What the ``check_models`` job checked (every run's model built on the meta device) before any training."""
+    return f"{R}/checks/models.json"
 
 
 def data_info(R: str) -> str:

@@ -19,14 +19,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .io import CheckpointError, atomic_torch_save, safe_torch_load
+from .io import CheckpointError, atomic_torch_save, fingerprint, safe_torch_load  # noqa: F401 (fingerprint: torch-free, in io)
 
 FORMAT = "closerlook-resume/1"
-
-
-def fingerprint(settings: Mapping) -> str:
-    """16 hex digits of sha256 over the settings as sorted JSON (non-JSON values by ``str``)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> None:

@@ -39,19 +39,7 @@ from .curves import Layout
 from .data import batches_of
 from .io import ConfigError
 from .landscape import EVAL_BATCH_SIZE, recompute_bn
-
-# One owner for the sharpness settings (config.sharpness_settings merges the config's block over these).
-SHARPNESS_DEFAULTS: dict[str, Any] = {
-    "images": 256,          # the fixed subset: the first N training images, unaugmented
-    "batch_size": 128,      # HVP batch (memory only: the loss is the mean over all `images`)
-    "lanczos_steps": 20,
-    "probes": 100,          # Hutchinson probe vectors (Rademacher)
-    "seed": 0,              # Lanczos start vector: seed; Hutchinson probes: seed + 1
-    "points": 5,            # t values along a path
-    "bn_batches": None,     # BN recompute on the first N batches of the unaugmented training loader
-    "eval_train_images": None,
-    "eval_batch_size": EVAL_BATCH_SIZE,
-}
+from .defaults import SHARPNESS_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
 
 MODES = ("eval", "train")

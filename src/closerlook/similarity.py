@@ -65,6 +65,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import scipy.linalg
 
+from .defaults import CHANCE_SHUFFLES, COMPARISON_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 from .verdicts import calibrated, permutation_p
 
 __all__ = [
@@ -90,12 +91,6 @@ __all__ = [
 ]
 
 DEFAULT_RANK_TOL = {"float64": 1e-10, "float32": 1e-6}
-# the workflow's per-layer comparisons (config `similarity:`): measures computed, shuffle-chance column
-CHANCE_SHUFFLES = 20  # shuffles behind each chance level: p-values >= 1/21; K >= 99 for p < 0.01
-# the workflow's per-layer comparisons (config `similarity:`): measures, the shuffle-chance level from
-# `chance_shuffles` shuffles, and `subsamples` of the probe set (count B, size m; size null = half the set)
-COMPARISON_DEFAULTS = {"measures": ["cca_mean", "cca_mean98", "svcca", "linear_cka"], "chance": True,
-                       "chance_shuffles": CHANCE_SHUFFLES, "subsamples": {"count": 10, "size": None}}
 _CHANCE_NOTE = (
     "unrelated random data with 64 neurons gives mean CCA 0.76 / 0.39 / 0.12 at "
     "1.5 / 5 / 50 datapoints per neuron (docs: ANCHORS.md); compare against "

@@ -17,44 +17,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
+from . import catalog, schedules
+from .io import ConfigError, check_keys, fingerprint
+from .defaults import DEFAULTS, DISTILL_DEFAULTS, OPTIMIZER_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
-from . import data, devices, factories, models, schedules
-from .io import ConfigError, check_keys
-from .resume import fingerprint
-
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "data": {"name": "fashion_mnist", "root": None, "cache_dir": None, "train_per_class": None,
-             "test_per_class": None, "subset_seed": 0},
-    "model": {"name": "small_cnn"},
-    "optimizer": {"name": "sgd", "lr": 0.05},
-    "schedule": {"name": "constant"},
-    "warmup": {"iterations": 0, "start_factor": 0.0},
-    "epochs": 1,
-    "batch_size": 50,
-    "micro_batch_size": None,
-    "augment": True,
-    "freeze": None,
-    "distill": None,
-    "checkpoints": {"epochs": [], "iterations": []},
-    "eval_every": 1,
-    "eval_batch_size": 1000,
-    "resume_every": 50,
-    "device": "auto",
-    "precision": "auto",
-    "channels_last": False,
-    "compile": False,
-    "threads": None,
-    "sharpness_trace": None,  # lambda_max inside training (closerlook.sharpness_trace); None: off
-}
-DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
 DATA_KEYS = {"name", "root", "cache_dir", "train_per_class", "test_per_class", "subset_seed", "probe_size"}
 OPTIMIZER_KEYS = {"sgd": {"name", "lr", "momentum", "weight_decay", "nesterov", "dampening"},
                   "adam": {"name", "lr", "betas", "eps", "weight_decay", "amsgrad"}}
-OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, "dampening": 0.0},
-                      "adam": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}}
 FREEZE_KEYS = {"groups", "iterations"}
 DISTILL_KEYS = {"teacher", "temperature", "alpha"}
 CHECKPOINT_KEYS = {"epochs", "iterations"}
@@ -100,14 +69,18 @@ def spec_hash(spec: Mapping) -> str:
         # absent like before the key existed: runs without a trace keep their hashes (and finished runs);
         # a trace is hashed: a run finished without it must be redone to write its trajectory
         key.pop("sharpness_trace", None)
-    order = data.stored_order((spec.get("data") or {}).get("name"))
-    if order != data.SOURCE_ORDER:
+    order = catalog.stored_order((spec.get("data") or {}).get("name"))
+    if order != catalog.SOURCE_ORDER:
         key["data_order"] = order
     return fingerprint(key)
 
 
-def validate_run_spec(spec: Mapping) -> dict:
-    """Check a run spec; return it completed with defaults. Raises ConfigError naming the key."""
+def validate_run_spec(spec: Mapping, build: bool = True) -> dict:
+    """Check a run spec; return it completed with defaults. Raises ConfigError naming the key.
+
+    ``build=False`` checks everything that needs no torch (planning: :func:`closerlook.config.validate_config`
+    with ``models=False``); ``build=True`` also imports an external factory, builds the model on the meta
+    device and resolves freeze groups on it (the ``check_models`` job, and every training run)."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"run spec: must be a mapping, got {type(spec).__name__}")
     unknown = set(spec) - set(DEFAULTS)
@@ -123,8 +96,8 @@ def validate_run_spec(spec: Mapping) -> dict:
         raise ConfigError(f"name: {s['name']!r} must match [A-Za-z0-9_-]+")
     if not _is_int(s["seed"]) or s["seed"] < 0:
         raise ConfigError(f"seed: {s['seed']!r} must be a non-negative integer")
-    _check_data(s["data"])
-    model = _check_model(s)
+    _check_data(s["data"], build)
+    model = _check_model(s) if build else _check_model_spec(s)
     s["optimizer"] = _check_optimizer(s["optimizer"])
     _check_batch(s)
     _check_schedule(s)
@@ -140,9 +113,14 @@ def validate_run_spec(spec: Mapping) -> dict:
     return s
 
 
-def _check_data(d: dict) -> None:
+def _check_data(d: dict, build: bool = True) -> None:
     check_keys(d, DATA_KEYS, "data")
-    data.check_name(d["name"])
+    if build:
+        from .data import check_name  # torch: only where the model is built (planning imports no torch)
+
+        check_name(d["name"])
+    else:
+        catalog.check_data_name(d["name"])
     for k in ("train_per_class", "test_per_class"):
         if d[k] is not None and (not _is_int(d[k]) or d[k] < 1):
             raise ConfigError(f"data.{k}: {d[k]!r} must be a positive integer or null")
@@ -205,9 +183,9 @@ def _check_runtime(s: dict) -> None:
     for k in ("eval_every", "eval_batch_size", "resume_every"):
         if not _is_int(s[k]) or s[k] <= 0:
             raise ConfigError(f"{k}: {s[k]!r} must be a positive integer")
-    devices.check_device_name(s["device"])
-    if s["precision"] not in devices.PRECISIONS:
-        raise ConfigError(f"precision: {s['precision']!r} is not one of {', '.join(devices.PRECISIONS)}")
+    catalog.check_device_name(s["device"])
+    if s["precision"] not in catalog.PRECISIONS:
+        raise ConfigError(f"precision: {s['precision']!r} is not one of {', '.join(catalog.PRECISIONS)}")
     if s["threads"] is not None and (not _is_int(s["threads"]) or s["threads"] < 1):
         raise ConfigError(f"threads: {s['threads']!r} must be a positive integer or null")
 
@@ -250,8 +228,12 @@ def _check_model(s: dict):
     once on the meta device (no memory, no init cost) so that an unimportable factory, a non-Module, a
     wrong output shape or a layer / group pattern matching nothing is an error now. Returns that model
     (None when not built)."""
+    import torch  # torch and the model code: only where the model is built (planning imports no torch)
+
+    from . import factories, models
+
     spec = models.normalise_spec(s["model"])
-    dims = data.known_dims(s["data"]["name"])
+    dims = catalog.known_dims(s["data"]["name"])
     if dims is None and factories.is_external(spec["name"]):
         factories.import_factory(spec["name"])  # importable now; called when the data's shape is known
     if dims is None or not (factories.is_external(spec["name"]) or s["freeze"] is not None
@@ -259,6 +241,11 @@ def _check_model(s: dict):
         return None
     with torch.device("meta"):
         return models.build_model(s["model"], *dims)
+
+
+def _check_model_spec(s: dict) -> None:
+    """The model spec's keys and values, without torch (no factory imported, nothing built)."""
+    catalog.normalise_spec(s["model"])
 
 
 def _check_freeze(s: dict, model) -> dict:
@@ -275,7 +262,9 @@ def _check_freeze(s: dict, model) -> dict:
     if not _is_int(it) or it < 0:
         raise ConfigError(f"freeze.iterations: {it!r} must be a non-negative integer")
     if model is not None:  # group names resolved on a parameter-free (meta) model
-        models.resolve_freeze(model, list(g))
+        from .models import resolve_freeze
+
+        resolve_freeze(model, list(g))
     return {"groups": list(g), "iterations": it}
 
 

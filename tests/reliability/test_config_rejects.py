@@ -203,10 +203,10 @@ def test_python_object_tag_is_refused_and_not_executed(tmp_path):
 
 # ----------------------------------------------------------------------------- through the real snakemake
 
-# each dry run costs ~10 s (snakemake + torch start-up): a handful, covering both checkers
-# (snakemake's schema validation first, then closerlook.config.validate_config)
+# a handful of dry runs, covering the schema and the cross-references (closerlook.config.validate_config);
+# a model that only building it shows to be bad is refused by the first job, check_models (below)
 SNAKEMAKE_CASES = ["checkpoint_iteration_beyond_run", "teacher_cycle", "run_name_with_semicolon",
-                   "epochs_is_a_string", "factory_bad_layer_name"]
+                   "epochs_is_a_string"]
 
 
 def _no_job_ran(wd):
@@ -228,6 +228,22 @@ def test_snakemake_dry_run_rejects(case, tiny_cfg, tmp_path):
     assert key in out or snake_key in out, out[-3000:]
     assert "invalid configuration" in out or "Error validating config file" in out, out[-3000:]
     _no_job_ran(tmp_path)
+
+
+def test_check_models_job_refuses_a_bad_model_before_training(tiny_cfg, tmp_path):
+    """Planning builds no model (it imports no torch, issue 26.1): a layer name matching no module plans, and the
+    first job, check_models, refuses it naming the key, before any training job (they all wait for it)."""
+    mutate, key, problem = CASES["factory_bad_layer_name"]
+    cfg = copy.deepcopy(tiny_cfg)
+    mutate(cfg)
+    cf = write_yaml(tmp_path / "bad.yaml", cfg)
+    plan = run_snakemake(tmp_path, cf, "-n", "--cores", "1", timeout=180)
+    assert plan.returncode == 0 and "check_models" in plan.stdout + plan.stderr, (plan.stdout + plan.stderr)[-3000:]
+    r = run_snakemake(tmp_path, cf, "--cores", "1", "check_models", timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-2000:]
+    assert "config key runs." in out and key in out and problem in out, out[-3000:]
+    assert not list(tmp_path.glob("results/*/runs")), "a training job ran"
 
 
 def test_snakemake_rejects_duplicate_run_names(tiny_cfg, tmp_path):

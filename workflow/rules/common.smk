@@ -1,10 +1,9 @@
 # Shared helpers: config validation, paths, resources. What a config means lives in
 # closerlook.config, where every results path comes from lives in closerlook.paths
 # (both importable without Snakemake; the package is installed in the rule env).
+import functools
 import os
 from pathlib import Path
-
-from snakemake.utils import validate
 
 try:
     from closerlook import config as C
@@ -26,9 +25,10 @@ for _cf in workflow.configfiles:
 
 # nested `--config` values arrive as strings (BaseLoader): read them as YAML before validating
 C.retype_cli_values(config, workflow.config_settings.config)
-validate(config, schema="../schemas/config.schema.yaml", set_default=False)
+# the schema (workflow/schemas/config.schema.yaml) and the cross-references in one pass, errors naming
+# the key; no torch: the model builds run in the first job, check_models (train.smk)
 try:
-    C.validate_config(config)
+    C.validate_config(config, models=False)
 except ConfigError as _exc:
     raise ValueError(f"invalid configuration: {_exc}") from None
 
@@ -47,6 +47,14 @@ wildcard_constraints:
     tag=r"(epoch\d+|iter\d+|final)",
     inst=r"(seed\d+|s\d+-s\d+)",
     path=r"(curve|line)",
+
+
+# The config is fixed for the whole run, and planning calls the input and params functions for every
+# job: what they resolve is computed once per name.
+figure_layout = functools.cache(lambda fig: C.figure_layout(config, fig))  # (layout, files)
+curve_instances = functools.cache(lambda curve: C.curve_instances(config, curve))
+comparison_instances = functools.cache(lambda comp: C.comparison_instances(config, comp))
+curve_end = functools.cache(lambda curve, inst: C.curve_end(config, curve, inst))
 
 
 def res(stage, key, default):
@@ -85,7 +93,7 @@ def all_targets():
     for curve in config.get("curves") or {}:  # a curve aligned or with AutoNEB: every path beside the others
         kinds = C.path_kinds(config, curve)
         if len(kinds) > 2:
-            out += [P.path_table(R, curve, inst, k) for inst in C.curve_instances(config, curve) for k in kinds]
+            out += [P.path_table(R, curve, inst, k) for inst in curve_instances(curve) for k in kinds]
     if config.get("ensembles"):
         out += [P.ensemble_table(R, C.ensemble_inst(config), k) for k in ("ensembles", "members")]
     return out
@@ -106,8 +114,8 @@ def _teacher_input(wildcards, run):
 
 def _curve_ends(curve, inst, raw=False):
     """The checkpoints a curve joins: its end aligned to its start when the curve aligns (unless ``raw``)."""
-    a, b = C.curve_instances(config, curve)[inst]
-    return {"start": ckpt(a), "end": ckpt(b) if raw else C.curve_end(config, curve, inst)}
+    a, b = curve_instances(curve)[inst]
+    return {"start": ckpt(a), "end": ckpt(b) if raw else curve_end(curve, inst)}
 
 
 def _path_inputs(wc):
@@ -153,17 +161,17 @@ def _lens_trajectory_inputs(wc):
 
 
 def _comparison_inputs(wc):
-    a, b = C.comparison_instances(config, wc.comparison)[wc.inst]
+    a, b = comparison_instances(wc.comparison)[wc.inst]
     return {"a": C.activation_dir(config, a), "b": C.activation_dir(config, b)}
 
 
 def _figure_inputs(wc):
-    return C.figure_layout(config, wc.figure)[1]
+    return figure_layout(wc.figure)[1]
 
 
 def _claims_inputs(wc):
     files = []
     for fig in C.claim_figures(config):
-        files += C.figure_layout(config, fig)[1]
+        files += figure_layout(fig)[1]
     files += C.claims_input_files(config)  # similarity controls, fidelity, every plane of claim 3 (when configured)
     return sorted(set(files))

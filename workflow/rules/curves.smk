@@ -13,7 +13,7 @@ rule fit_curve:
     params:
         settings=lambda wc: C.curve_settings(config, wc.curve),
         data=DATA,
-        seed=lambda wc: C.curve_instances(config, wc.curve)[wc.inst][0].seed,
+        seed=lambda wc: curve_instances(wc.curve)[wc.inst][0].seed,
         workdir=lambda wc: P.curve_work(R, wc.curve, wc.inst),
     log:
         P.log(R, "curves", "{curve}", "{inst}-fit"),

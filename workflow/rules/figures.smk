@@ -13,7 +13,7 @@ rule figure:
             category="Figures",
         ),
     params:
-        layout=lambda wc: C.figure_layout(config, wc.figure)[0],
+        layout=lambda wc: figure_layout(wc.figure)[0],
         options=lambda wc: C.figure_options(config, wc.figure),
     wildcard_constraints:
         figure="|".join(P.FIGURES),

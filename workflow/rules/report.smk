@@ -9,7 +9,7 @@ rule claims:
         json=report(P.claims_file(R, "json"), caption="../report/claims.rst", category="Claims"),
         md=report(P.claims_file(R, "md"), caption="../report/claims.rst", category="Claims"),
     params:
-        layouts=lambda wc: {**{fig: C.figure_layout(config, fig)[0] for fig in C.claim_figures(config)},
+        layouts=lambda wc: {**{fig: figure_layout(fig)[0] for fig in C.claim_figures(config)},
                             **C.claims_inputs(config)},  # controls / fidelity tables (claims 5b-7)
         rules=C.claim_rules(config),
     log:

@@ -9,7 +9,7 @@ rule similarity:
         P.similarity_table(R, "{comparison}", "{inst}"),
     params:
         settings=SIM,
-        labels=lambda wc: [ep.label for ep in C.comparison_instances(config, wc.comparison)[wc.inst]],
+        labels=lambda wc: [ep.label for ep in comparison_instances(wc.comparison)[wc.inst]],
     log:
         P.log(R, "similarity", "{comparison}", "{inst}"),
     threads: stage_threads("similarity")

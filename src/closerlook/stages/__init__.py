@@ -19,7 +19,7 @@ scikit-learn in a curve fit). No import here dodges a cycle (tests/test_imports.
 """
 from ._common import Log
 from .data import prepare_data, data_info
-from .train import train
+from .train import check_models, train
 from .curves import fit_curve, evaluate_path, evaluate_paths, plane
 from .lenses import lens_slices, lens_trajectory, lens_pca_grid
 from .sharpness import sharpness_path, sharpness_checkpoint
@@ -32,4 +32,4 @@ from .autoneb import autoneb
 from .ensembles import fge, swa, ensembles
 from .distill import fidelity
 
-__all__ = ["Log", "prepare_data", "data_info", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles", "fidelity"]
+__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles", "fidelity"]

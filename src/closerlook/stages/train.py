@@ -4,8 +4,19 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 
+from .. import config
+from ..io import atomic_write_json
 from ..jobs import publish
 from ._common import Log
+
+
+def check_models(cfg: Mapping, output: str) -> list[str]:
+    """The model checks planning leaves out (:func:`closerlook.config.check_models`: every run's model built
+    on the meta device, its factory imported, its freeze groups resolved); ``output`` lists the runs checked.
+    A bad model raises ConfigError naming ``runs.<run>`` before any training job starts."""
+    runs = config.check_models(dict(cfg))
+    atomic_write_json(output, {"checked": runs})
+    return runs
 
 
 def train(spec: Mapping, workdir: str, outputs: Sequence[str] = (), log: Log | None = print,
