@@ -149,7 +149,7 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float) -> list[dict]:
 
 def _similarity_passes(sim: dict, probe: int) -> float:
     """Whole-probe-set equivalents per comparison: the value, K shuffles, and B subsamples of m images
-    with K shuffles at m (closerlook.similarity.layer_table)."""
+    with K shuffles at m (closerlook.similarity_tables.layer_table)."""
     k = int(sim.get("chance_shuffles") or 0) if sim.get("chance") else 0
     sub = sim.get("subsamples") or {}
     b, m = int(sub.get("count") or 0), int(sub.get("size") or probe // 2)

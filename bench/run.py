@@ -23,8 +23,10 @@ Sections (each reuses the bench module named in its rows' "command" column):
   (``demo_wall_s``, about 10 minutes; ``--skip-demo`` or
   ``CLOSERLOOK_BENCH_SKIP_DEMO=1`` skips it).
 
-Targets (CPU): training >= 1.25x the plain loop in fp32; similarity >= 1.8x in
-float64 and >= 3.5x with float32 products at the largest size; demo <= 10 min.
+Targets (CPU): training >= 1.25x the plain loop in fp32; similarity (bench.similarity_bench.TARGETS,
+reasons there): CCA >= 1.0x Google's algorithm at every size, >= 1.2x in float64 (agreeing to 1e-10)
+and >= 1.0x with float32 products (1e-5 relative) at 512 x 50,000, medians of >= 5 alternating pairs;
+demo <= 10 min.
 
 Both sides of every comparison run in this one process under the same BLAS
 environment (``OPENBLAS_*``, ``OMP_*``, ``MKL_*``: reported, never changed).
@@ -50,10 +52,12 @@ PY = ".venv/bin/python"
 TARGETS = {  # key: (op, threshold, text)
     "train_ratio_small_cnn": (">=", 1.25, ">= 1.25x"),
     "train_ratio_vgg16": (">=", 1.25, ">= 1.25x"),
-    "cca_ratio_512x50000_f64": (">=", 1.8, ">= 1.8x"),
-    "cca_ratio_512x50000_f32": (">=", 3.5, ">= 3.5x"),
-    "cca_max_abs_diff_f64": ("<=", 1e-8, "<= 1e-8 (ours)"),
-    "cca_max_abs_diff_f32": ("<=", 1e-3, "<= 1e-3 (ours)"),
+    # similarity: bench.similarity_bench.TARGETS (kept in step by tests/test_bench.py)
+    **{f"cca_ratio_{t}_{p}": (">=", 1.0, ">= 1.0x") for t in ("64x2000", "256x10000") for p in ("f64", "f32")},
+    "cca_ratio_512x50000_f64": (">=", 1.2, ">= 1.2x (median of >= 5 alternating pairs)"),
+    "cca_ratio_512x50000_f32": (">=", 1.0, ">= 1.0x (median of >= 5 alternating pairs)"),
+    "cca_max_abs_diff_f64": ("<=", 1e-10, "<= 1e-10 (ours vs ref)"),
+    "cca_max_rel_diff_f32": ("<=", 1e-5, "<= 1e-5 relative (ours vs ref)"),
     "demo_wall_s": ("<=", 600.0, "<= 600 s"),
     "lens_point_over_pass": ("<=", 1.1, "<= 1.1x"),
     "pca_rss_over_bound": ("<=", 1.0, "<= 1.0"),
@@ -169,7 +173,7 @@ for _tag in ("64x2000", "256x10000", "512x50000"):
     ]
 ROWS += [
     ("similarity", "cca_max_abs_diff_f64", "CCA max |ours - ref|, float64", "python -m bench.similarity_bench"),
-    ("similarity", "cca_max_abs_diff_f32", "CCA max |ours - ref|, f32 products", "python -m bench.similarity_bench"),
+    ("similarity", "cca_max_rel_diff_f32", "CCA max |ours - ref| / max |ref|, f32 products", "python -m bench.similarity_bench"),
     ("similarity", "stream_peak_mb", "streaming 50000x4096 layer: peak MB", "python -m bench.similarity_bench"),
     ("workflow", "dryrun_paper_s", "snakemake -n, paper config, s", "snakemake -n (fresh --directory)"),
     ("workflow", "demo_wall_s", "demo pipeline from scratch, wall s (2 cores)",
@@ -226,7 +230,7 @@ def main(argv=None) -> dict:
                     help="run only these sections (their keys replace those of an existing --out file)")
     ap.add_argument("--steps", type=int, default=60, help="timed small_cnn steps per training loop")
     ap.add_argument("--vgg-steps", type=int, default=10, help="timed vgg16 steps per training loop")
-    ap.add_argument("--sim-repeats", type=int, default=3, help="similarity: min of N timings")
+    ap.add_argument("--sim-repeats", type=int, default=5, help="similarity: alternating pairs per size (>= 5)")
     ap.add_argument("--sim-clock", choices=["wall", "cpu"], default="wall",
                     help="similarity clock: wall (default) or process CPU time (inflated by BLAS threads spinning under load)")
     a = ap.parse_args(argv)
@@ -293,7 +297,8 @@ def main(argv=None) -> dict:
                 kw["repeats"] = a.sim_repeats
             if "clock" in params:
                 kw["clock"] = a.sim_clock
-            res["similarity_timing"] = f"min of {a.sim_repeats} on the {a.sim_clock} clock" if kw else "one run, wall"
+            res["similarity_timing"] = (f"median of {max(5, a.sim_repeats)} alternating pairs on the {a.sim_clock} clock"
+                                        if kw else "one run, wall")
             r = similarity_bench.run(quick=a.quick, **kw)
             print(similarity_bench._table(r))
             return r

@@ -44,3 +44,17 @@ def test_the_table_is_one_markdown_table_with_the_machine():
     ncols = {len(re.split(r"(?<!\\)\|", line)) for line in rows}
     assert len(ncols) == 1, "every row has the same number of cells (| inside a cell escaped)"
     assert "- demo: failed: rc=1: boom" in text and "- demo_wall_s: --skip-demo" in text
+
+
+def test_similarity_targets_in_step_and_paired_medians():
+    """bench.run's similarity targets are bench.similarity_bench.TARGETS (issue 26.5), and a ratio is the
+    median over >= 5 alternating pairs."""
+    from bench import run, similarity_bench as SB
+
+    for k, v in SB.TARGETS.items():
+        assert run.TARGETS[k] == v, k
+    calls = []
+    outs, times, ratios = SB._paired(lambda: calls.append("ref") or 1, lambda: calls.append("ours") or 2)
+    assert outs == [1, 2] and len(calls) == 2 * SB.MIN_PAIRS
+    assert calls[:4] == ["ref", "ours", "ours", "ref"]   # alternating order
+    assert len(times) == 2 and len(ratios) == 1

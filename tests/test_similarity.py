@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from closerlook import similarity as S
+from closerlook import similarity_tables as ST
 
 REF_PATH = "/work/shared/reference/cca_vectors.json"
 
@@ -285,22 +286,22 @@ def test_chance_baseline_below_real():
     x, y = _correlated(n=3000, noise=1.0)
     for m in ("cca_mean98", "svcca", "pwcca", "linear_cka"):
         real = S.measure(m, x, y)
-        chance = S.chance_baseline(m, x, y, n_shuffles=2, seed=0)
+        chance = ST.chance_baseline(m, x, y, n_shuffles=2, seed=0)
         assert chance < real - 0.2, (m, real, chance)
-    assert S.chance_baseline("linear_cka", x, y, seed=3) == S.chance_baseline("linear_cka", x, y, seed=3)  # exact: same seed, same process
+    assert ST.chance_baseline("linear_cka", x, y, seed=3) == ST.chance_baseline("linear_cka", x, y, seed=3)  # exact: same seed, same process
 
 
 def test_similarity_matrix_and_table():
     x, y = _correlated(n=1500)
     store_a = {"l1": x, "l2": y}
     store_b = {"l1": x @ np.diag(np.arange(1, 31.0)), "l2": y + 0.01}
-    mat, la, lb = S.similarity_matrix(store_a, store_b, "linear_cka")
+    mat, la, lb = ST.similarity_matrix(store_a, store_b, "linear_cka")
     assert mat.shape == (2, 2) and la == lb == ["l1", "l2"]
     assert mat[1, 1] == pytest.approx(1.0, abs=1e-10)
-    mat2, _, _ = S.similarity_matrix(store_a, store_b, "cca_mean")
+    mat2, _, _ = ST.similarity_matrix(store_a, store_b, "cca_mean")
     assert mat2[0, 0] == pytest.approx(1.0, abs=1e-8)
     assert mat2[0, 1] == pytest.approx(mat2[1, 0], abs=1e-10)
-    rows = S.layer_table(store_a, store_b, ["cca_mean", "cca_mean98", "pwcca", "linear_cka", "svcca"])
+    rows = ST.layer_table(store_a, store_b, ["cca_mean", "cca_mean98", "pwcca", "linear_cka", "svcca"])
     assert {r["measure"] for r in rows} == {"cca_mean", "cca_mean98", "pwcca", "linear_cka", "svcca"}
     r = next(r for r in rows if r["layer"] == "l2" and r["measure"] == "cca_mean98")
     assert r["value"] > 0.99 and r["chance"] < 0.5 and r["layer_index"] == 1
@@ -331,7 +332,7 @@ def test_device_tensor_paths_on_cpu(monkeypatch):
     np.testing.assert_allclose(acc.cca_coefficients(), ref_c, atol=1e-10)
     rd = S.dft_cca(torch.from_numpy(xi), torch.from_numpy(yi), batch_size=64)
     np.testing.assert_allclose(rd.coefs, ref_d.coefs, atol=1e-10)
-    assert S.chance_baseline("linear_cka", tx, ty) < 0.2
+    assert ST.chance_baseline("linear_cka", tx, ty) < 0.2
 
 
 def test_one_pass_statistics_match_two_pass_on_drifting_data():

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from closerlook import similarity as S
+from closerlook import similarity_tables as ST
 from closerlook import verdicts as V
 
 
@@ -35,12 +36,12 @@ def test_calibrated_scale_on_real_measures():
     # identical layers: CCA 1 -> calibrated 1; a layer against a shuffled copy of itself sits at chance -> ~0
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 12))
-    rows = S.layer_table({"l": x}, {"l": x.copy()}, ["cca_mean", "linear_cka"], n_shuffles=10)
+    rows = ST.layer_table({"l": x}, {"l": x.copy()}, ["cca_mean", "linear_cka"], n_shuffles=10)
     for r in rows:
         assert r["calibrated"] == pytest.approx(1.0, abs=1e-9), r  # float64 CCA of identical data
         assert r["p_value"] == pytest.approx(1 / 11, abs=1e-15)
     y = x[rng.permutation(400)]
-    rows = S.layer_table({"l": x}, {"l": y}, ["cca_mean"], n_shuffles=40)
+    rows = ST.layer_table({"l": x}, {"l": y}, ["cca_mean"], n_shuffles=40)
     # an unrelated pair is one more draw from the shuffle distribution: within its spread of 0
     r = rows[0]
     assert abs(r["calibrated"]) < 3 * (r["chance_high"] - r["chance_low"]) / (1 - r["chance"])
@@ -56,20 +57,20 @@ def test_permutation_p_value_is_never_zero():
 
 
 def test_subsamples_are_drawn_without_replacement_and_shared_across_layers():
-    subs = S.subsample_indices(100, 4, 30, seed=0)
+    subs = ST.subsample_indices(100, 4, 30, seed=0)
     assert len(subs) == 4 and all(len(np.unique(ix)) == 30 == ix.size for ix in subs)
     assert not all(np.array_equal(subs[0], s) for s in subs[1:])
-    assert all(np.array_equal(a, b) for a, b in zip(subs, S.subsample_indices(100, 4, 30, seed=0)))
-    assert S.subsample_indices(100, 1, None)[0].size == 50
+    assert all(np.array_equal(a, b) for a, b in zip(subs, ST.subsample_indices(100, 4, 30, seed=0)))
+    assert ST.subsample_indices(100, 1, None)[0].size == 50
     with pytest.raises(ValueError, match="subsamples.size"):
-        S.subsample_indices(10, 1, 20)
+        ST.subsample_indices(10, 1, 20)
 
 
 def test_layer_table_rows_for_subsamples_use_chance_at_their_size():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 20))
     y = x @ rng.standard_normal((20, 20)) + 2.0 * rng.standard_normal((600, 20))
-    rows = pd.DataFrame(S.layer_table({"l": x}, {"l": y}, ["cca_mean"], n_shuffles=8,
+    rows = pd.DataFrame(ST.layer_table({"l": x}, {"l": y}, ["cca_mean"], n_shuffles=8,
                                       subsamples={"count": 3, "size": 100}))
     assert rows["sample"].tolist() == ["all", "s0", "s1", "s2"]
     assert rows["n_images"].tolist() == [600, 100, 100, 100]
@@ -120,7 +121,7 @@ def test_failed_premise_is_never_a_verdict_on_the_paper():
 def test_subsamples_smaller_than_a_layer_give_nan_not_an_error():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((200, 60))
-    rows = pd.DataFrame(S.layer_table({"l": x}, {"l": x + rng.standard_normal((200, 60))}, ["cca_mean", "linear_cka"],
+    rows = pd.DataFrame(ST.layer_table({"l": x}, {"l": x + rng.standard_normal((200, 60))}, ["cca_mean", "linear_cka"],
                                       n_shuffles=3, subsamples={"count": 2, "size": 40}))
     sub = rows[rows["sample"] != "all"]
     cca, cka = sub[sub["measure"] == "cca_mean"], sub[sub["measure"] == "linear_cka"]

@@ -172,3 +172,15 @@ def resolve_lrs(settings: Mapping, base_lr: float) -> dict[str, float]:
     lr_max = float(settings["fge"].get("lr_max") or base_lr)
     return {"lr_max": lr_max, "lr_min": float(settings["fge"].get("lr_min") or lr_max * FGE_LR_MIN_RATIO),
             "swa_lr": float(settings["swa"].get("lr") or base_lr * SWA_LR_RATIO)}
+
+# config block `controls:` (all optional but the endpoints). `measures: null` = the similarity block's
+# measures. Thresholds are fixed here or in the config, never fitted to the activations they gate.
+CONTROL_DEFAULTS = {
+    "measures": None,
+    "identification": None,        # {a: endpoint, b: endpoint, level: 0.95}: two seeds of one recipe
+    "change_detection": None,      # {checkpoint: endpoint, layer: null (the middle one), seed: 0, ...}
+    "level": 0.95,                 # identification: above chance 1/L at this one-sided binomial level
+    "min_before": 0.999,           # change detection: earlier layers identical up to numerics
+    "max_target": 0.5,             # change detection: the re-initialised layer must fall below this
+    "seed": 0,                     # change detection: the re-initialisation's torch seed
+}

@@ -13,6 +13,7 @@ pattern and the path a figure reads come from the same function::
     results/<name>/planes/<plane>/<inst>/{grid.csv, points.csv}
     results/<name>/activations/<run>/seed<S>/<tag>/
     results/<name>/similarity/<comparison>/<inst>.csv
+    results/<name>/similarity/{controls.csv, controls.md, identification.csv, change_detection.csv} (positive controls)
     results/<name>/lenses/<plane>/<inst>/{slice1d_<end>,slice2d_<end>,pca,trajectory,views,pca_grid}.csv, components.pt
     results/<name>/sharpness/paths/<curve>/<inst>/<path>.csv, sharpness/checkpoints/<run>/seed<S>/<tag>.csv
     results/<name>/figures/<figure>.<ext>, claims.{json,md}, data/info.json, checks/models.json
@@ -141,6 +142,26 @@ def activation_dir(R: str, run: str, seed, tag: str) -> str:
 
 def similarity_table(R: str, comparison: str, inst: str) -> str:
     return f"{R}/similarity/{comparison}/{inst}.csv"
+
+
+def controls_table(R: str) -> str:
+    """The similarity measures' positive controls, one row per (control, measure) (closerlook.controls)."""
+    return f"{R}/similarity/controls.csv"
+
+
+def controls_markdown(R: str) -> str:
+    """The controls' tables, included verbatim in claims.md."""
+    return f"{R}/similarity/controls.md"
+
+
+def identification_table(R: str) -> str:
+    """Layer identification per measure and layer, with the cross-layer matrix (``vs_<layer>`` columns)."""
+    return f"{R}/similarity/identification.csv"
+
+
+def change_detection_table(R: str) -> str:
+    """Change detection per measure and layer (role before / target / after)."""
+    return f"{R}/similarity/change_detection.csv"
 
 
 def figure_stem(R: str, figure: str) -> str:

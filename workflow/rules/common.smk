@@ -37,6 +37,7 @@ ENV = "../envs/closerlook.yaml"
 # the conda env's post-deploy script installs this checkout into the env (editable)
 os.environ.update(CLOSERLOOK_REPO=str(Path(workflow.basedir).resolve()))
 SIM = C.similarity_settings(config)
+CTRL = C.control_settings(config)  # the similarity measures' positive controls ({} when none configured)
 ACT = C.activation_settings(config)
 LENS = C.lens_settings(config)
 SHARP = C.sharpness_settings(config)
@@ -163,6 +164,16 @@ def _lens_trajectory_inputs(wc):
 def _comparison_inputs(wc):
     a, b = comparison_instances(wc.comparison)[wc.inst]
     return {"a": C.activation_dir(config, a), "b": C.activation_dir(config, b)}
+
+
+def _controls_inputs(wc):
+    """The positive controls' inputs: the two seeds' activation stores, the checkpoint to re-initialise."""
+    eps = C.control_endpoints(config)
+    d = {side: C.activation_dir(config, eps[side]) for side in ("a", "b") if side in eps}
+    if "checkpoint" in eps:
+        d["ckpt"] = ckpt(eps["checkpoint"])
+        d["data"] = DATA_CACHE
+    return d
 
 
 def _figure_inputs(wc):

@@ -19,3 +19,33 @@ rule similarity:
         ENV
     script:
         "../../scripts/similarity.py"
+
+
+# Positive controls of the similarity measures (closerlook.controls): layer identification between two
+# seeds of one recipe (their activation stores), change detection on one checkpoint with a middle layer
+# re-initialised (captured inside the job). One job: claims reads all four outputs together.
+# CTRL and _controls_inputs: common.smk.
+if CTRL:
+
+    rule similarity_controls:
+        input:
+            unpack(_controls_inputs),
+        output:
+            controls=P.controls_table(R),
+            controls_md=P.controls_markdown(R),
+            identification=P.identification_table(R),
+            change_detection=P.change_detection_table(R),
+        params:
+            settings=CTRL,
+            act=ACT,
+            data=DATA,
+            probe_size=C.probe_size(config),
+        log:
+            P.log(R, "similarity", "controls"),
+        threads: stage_threads("similarity")
+        resources:
+            **stage_resources("similarity", runtime=60),
+        conda:
+            ENV
+        script:
+            "../../scripts/similarity_controls.py"

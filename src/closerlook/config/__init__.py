@@ -18,14 +18,14 @@ from ..io import ConfigError  # noqa: F401 (C.ConfigError)
 from .load import (REPO_ROOT, SCHEMA_PATH, NAME_RE, load_yaml, retype_cli_values)
 from .settings import (BLOCKS, NESTED, merged, curve_settings, plane_settings, activation_settings,
                        lens_settings, sharpness_settings, similarity_settings, align_settings,
-                       autoneb_settings, ensemble_settings, claim_rules)
+                       autoneb_settings, ensemble_settings, claim_rules, control_settings)
 from .resolve import (Endpoint, endpoint_tag, run_names, resolve_run, data_spec, data_source, probe_size,
                       checkpoint_tags, results_dir, ckpt_path, activation_dir, teacher_endpoint, run_spec,
                       model_factories, model_check_params, pair_instances, curve_instances, plane_projection,
                       lens_instances, lens_trajectory, sharpness_checkpoints, comparison_instances,
                       curve_aligns, curve_end, autoneb_curves, path_kinds, ensemble_base, ensemble_inst,
                       ensemble_curve, ensemble_members, ensemble_budgets, ensemble_training)
-from .validate import (validate_schema, load_config, validate_config, check_models)
+from .validate import (validate_schema, load_config, validate_config, check_models, control_endpoints)
 from .layouts import (figure_names, claim_figures, figure_formats, figure_files, figure_layout,
-                      figure_options, claims_inputs, claims_input_files)
+                      figure_options, claims_inputs, claims_input_files, control_layout)
 from .explain import (fidelity_settings, fidelity_pairs, explain_layout, check_explain_figures)  # added by explain

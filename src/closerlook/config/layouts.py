@@ -8,7 +8,7 @@ from .. import paths
 from .resolve import (_resolved, comparison_instances, curve_instances, ensemble_inst, lens_instances, path_kinds,
                       plane_projection, results_dir, run_spec, sharpness_checkpoints)
 from .explain import explain_layout
-from .settings import claim_rules, lens_settings, sharpness_settings, similarity_settings
+from .settings import claim_rules, control_settings, lens_settings, sharpness_settings, similarity_settings
 
 def figure_names(cfg: dict) -> list[str]:
     figs = cfg.get("figures") or {}
@@ -154,15 +154,12 @@ def figure_options(cfg: dict, fig: str) -> dict:
 # --------------------------------------------------------------------------- the claims' own inputs (ported from rules' addition)
 def claims_inputs(cfg: dict) -> dict:
     """The claims' own inputs beside the figures' layouts (team interfaces A and B): ``controls`` and
-    ``controls_md`` (similarity positive controls) when the config configures them (a ``similarity.controls``
-    block) and paths.py names them; ``fidelity`` (distillation fidelity) when fig6_distill is configured and
+    ``controls_md`` (similarity positive controls) when the config configures them (a ``controls:``
+    block, :func:`control_layout`); ``fidelity`` (distillation fidelity) when fig6_distill is configured and
     paths.py names it. Keys absent otherwise: claims 5b-7 then say "positive control not configured" and
     claim 7 "fidelity not measured"."""
     R, out = results_dir(cfg), {}
-    if (cfg.get("similarity") or {}).get("controls") and hasattr(paths, "controls_table"):
-        out["controls"] = paths.controls_table(R)
-        if hasattr(paths, "controls_markdown"):
-            out["controls_md"] = paths.controls_markdown(R)
+    out.update(control_layout(cfg))  # the top-level `controls:` block (closerlook.controls)
     if "fig6_distill" in (cfg.get("figures") or {}) and hasattr(paths, "fidelity_table"):
         out["fidelity"] = paths.fidelity_table(R)
     figs = cfg.get("figures") or {}
@@ -189,3 +186,11 @@ def claims_input_files(cfg: dict) -> list[str]:
             return [f for y in x.values() for f in walk(y)]
         return [x] if isinstance(x, str) else []
     return sorted(set(walk(claims_inputs(cfg))))
+
+
+def control_layout(cfg: dict) -> dict[str, str]:
+    """The claims layout's keys for the controls (interface A): ``{"controls", "controls_md"}``; {} when none."""
+    if not control_settings(cfg):
+        return {}
+    R = results_dir(cfg)
+    return {"controls": paths.controls_table(R), "controls_md": paths.controls_markdown(R)}

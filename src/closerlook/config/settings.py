@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from ..defaults import (ALIGN_DEFAULTS, CAPTURE_DEFAULTS, COMPARISON_DEFAULTS, ENSEMBLE_DEFAULTS, FIT_DEFAULTS,
+from ..defaults import (CONTROL_DEFAULTS, ALIGN_DEFAULTS, CAPTURE_DEFAULTS, COMPARISON_DEFAULTS, ENSEMBLE_DEFAULTS, FIT_DEFAULTS,
                         LENS_DEFAULTS, PATH_DEFAULTS, PLANE_DEFAULTS, SHARPNESS_DEFAULTS, check_autoneb_settings)
 
 # block -> its defaults, merged left to right (the objects themselves: a changed default is seen here)
@@ -86,3 +86,15 @@ def ensemble_settings(cfg: dict) -> dict:
 def claim_rules(cfg: dict) -> dict:
     """The config's claim thresholds; closerlook.verdicts.DEFAULT_RULES fills the rest."""
     return dict(cfg.get("claims") or {})
+
+
+def control_settings(cfg: dict) -> dict:
+    """The `controls:` block over closerlook.controls.CONTROL_DEFAULTS; `measures` defaults to the similarity
+    block's measures (the DFT measure, which needs full conv maps, is left out). {} when no control is configured."""
+    block = cfg.get("controls") or {}
+    if not (block.get("identification") or block.get("change_detection")):
+        return {}
+    s = copy.deepcopy({**CONTROL_DEFAULTS, **block})
+    if not s.get("measures"):
+        s["measures"] = [m for m in similarity_settings(cfg)["measures"] if m != "dft_cca_mean98"]
+    return s

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..catalog import arch_key
 from ..io import ConfigError
 from ..schedules import sgdr_cycle_ends
 from ..spec import validate_run_spec
 from .load import NAME_RE, SCHEMA_PATH, load_yaml
-from .resolve import (_resolved, Endpoint, _endpoint_epochs, autoneb_curves, checkpoint_tags, comparison_instances,
+from .resolve import (_resolved, Endpoint, _endpoint_epochs, endpoint_tag, autoneb_curves, checkpoint_tags, comparison_instances,
                       curve_instances, ensemble_base, ensemble_budgets, ensemble_members, lens_instances,
                       lens_trajectory, plane_projection, run_spec, sharpness_checkpoints,
                       teacher_endpoint)
 from .explain import check_explain_figures
-from .settings import autoneb_settings, ensemble_settings, similarity_settings
+from .settings import autoneb_settings, control_settings, ensemble_settings, similarity_settings
+
 
 def _key(path: Iterable[Any]) -> str:
     out = ""
@@ -106,6 +107,7 @@ def validate_config(cfg: dict, models: bool = True, schema: bool = True) -> None
             for ep in plane_projection(cfg, name, inst):
                 _check_endpoint(cfg, ep, f"planes.{name}.project")
     _check_lenses(cfg)
+    control_endpoints(cfg)  # the similarity controls' endpoints exist (closerlook.controls)
     sim = similarity_settings(cfg)
     for name in sim["comparisons"]:
         for inst, (a, b) in comparison_instances(cfg, name).items():
@@ -282,3 +284,30 @@ def check_models(cfg: dict) -> list[str]:
         except ConfigError as exc:
             raise ConfigError(f"config key runs.{name}: {exc}") from exc
     return list(cfg["runs"])
+
+
+def _control_endpoint(cfg: dict, ep: dict, key: str) -> Endpoint:
+    if ep["run"] not in cfg["runs"]:
+        raise ConfigError(f"config key {key}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")
+    seed = int(ep.get("seed", _resolved(cfg, ep["run"])["seeds"][0]))
+    out = Endpoint(ep["run"], seed, endpoint_tag(ep, key))
+    _check_endpoint(cfg, out, key)
+    return out
+
+
+def control_endpoints(cfg: dict) -> dict[str, Endpoint]:
+    """``{"a", "b"}`` (identification: two seeds of one recipe) and ``{"checkpoint"}`` (change detection),
+    for the controls configured."""
+    s = control_settings(cfg)
+    out = {}
+    if s.get("identification"):
+        for side in ("a", "b"):
+            out[side] = _control_endpoint(cfg, s["identification"][side], f"controls.identification.{side}")
+        if out["a"].run != out["b"].run or out["a"].seed == out["b"].seed:
+            raise ConfigError("config key controls.identification: a and b must be two seeds of one run "
+                              f"(got {out['a'].label} and {out['b'].label})")
+        _same_arch(cfg, out["a"], out["b"], "controls.identification")
+    if s.get("change_detection"):
+        out["checkpoint"] = _control_endpoint(cfg, s["change_detection"]["checkpoint"],
+                                              "controls.change_detection.checkpoint")
+    return out

@@ -24,7 +24,7 @@ from .curves import fit_curve, evaluate_path, evaluate_paths, plane
 from .lenses import lens_slices, lens_trajectory, lens_pca_grid
 from .sharpness import sharpness_path, sharpness_checkpoint
 from .activations import extract_activations
-from .similarity import similarity
+from .similarity import similarity, similarity_controls
 from .figures import figure
 from .report import claims
 from .align import align_end, evaluate_aligned
@@ -32,4 +32,4 @@ from .autoneb import autoneb
 from .ensembles import fge, swa, ensembles
 from .distill import fidelity
 
-__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles", "fidelity"]
+__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "similarity_controls", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles", "fidelity"]

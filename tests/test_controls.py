@@ -1,0 +1,176 @@
+"""Positive controls of the similarity measures on synthetic data with known answers (issue 24.5)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from closerlook import controls as K
+
+MEASURES = ["cca_mean", "cca_mean98", "svcca", "linear_cka"]
+
+
+def _chain(rng, n=1000, width=16, depth=7):
+    """A random deep network's layers: each a tanh of a random linear map of the previous one."""
+    h = rng.standard_normal((n, width))
+    acts = {}
+    for k in range(depth):
+        h = np.tanh(h @ rng.standard_normal((width, width)) * (1.5 / np.sqrt(width)) + 0.3 * rng.standard_normal(width))
+        acts[f"l{k}"] = h
+    return acts
+
+
+def _rotation(rng, d):
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return q
+
+
+def test_identification_threshold_is_the_binomial_tail():
+    from scipy.stats import binom
+
+    for L in (3, 9, 20):
+        k = K.identification_threshold(L, 0.95)
+        assert binom.sf(k - 1, L, 1 / L) <= 0.05 < binom.sf(k - 2, L, 1 / L)
+    assert K.identification_threshold(9, 0.95) == 4
+
+
+def test_identical_networks_up_to_rotation_are_identified_by_every_measure():
+    rng = np.random.default_rng(0)
+    a = _chain(rng)
+    b = {k: v @ _rotation(rng, v.shape[1]) for k, v in a.items()}
+    res = K.identification(a, b, MEASURES)
+    for m in MEASURES:
+        r = res["measures"][m]
+        # CKA: invariant to rotations. CCA (and SVCCA): invariant to every invertible linear map, so a rotation
+        # leaves the diagonal at 1 as well; CCA's trouble is wide layers, not rotations.
+        assert r["share"] == 1.0, m
+        assert r["margin"] > 0, m
+        assert r["within_one"] == 1.0
+    rows = K.controls_table(res, None)
+    assert all(r["passes"] for r in rows) and {r["measure"] for r in rows} == set(MEASURES)
+
+
+def test_independent_noise_identifies_at_chance():
+    L, shares = 8, []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        a = {f"l{k}": rng.standard_normal((400, 8)) for k in range(L)}
+        b = {f"l{k}": rng.standard_normal((400, 8)) for k in range(L)}
+        res = K.identification(a, b, ["linear_cka", "cca_mean"])
+        shares += [res["measures"][m]["share"] for m in ("linear_cka", "cca_mean")]
+        assert not any(r["passes"] for r in K.controls_table(res, None))
+    assert abs(np.mean(shares) - 1 / L) < 0.1
+
+
+def test_equal_width_identification_restricts_candidates():
+    mat = np.array([[0.5, 0.9, 0.2], [0.1, 0.6, 0.3], [0.9, 0.2, 0.8]])
+    s = K.identification_stats(mat, widths=[4, 8, 4])
+    assert s["identified"] == 1 and s["per_layer"][0]["best"] == 1          # row 0's best overall is wider layer 1
+    assert s["n_equal"] == 2 and s["per_layer"][0]["identified_equal_width"]  # among width 4: layer 0
+    assert s["share_equal"] == 0.5 and s["chance_equal"] == 0.5
+    assert s["per_layer"][2]["margin"] == pytest.approx(0.8 - 0.9)
+
+
+def test_store_with_one_reinitialised_middle_layer():
+    rng = np.random.default_rng(1)
+    a = _chain(rng)
+    b = dict(a)
+    b["l3"] = rng.standard_normal(a["l3"].shape)        # re-initialised: unrelated to the original
+    b["l4"] = np.tanh(b["l3"] @ rng.standard_normal((16, 16)) / 4)
+    res = K.change_detection(a, b, MEASURES, "l3")
+    before = [r["value"] for r in res["rows"] if r["role"] == "before"]
+    assert min(before) > 1 - 1e-6
+    for m in MEASURES:
+        assert res["measures"][m]["statistic"] < 0.5 and res["measures"][m]["passes"], m
+    md = K.controls_markdown(None, res)
+    assert "l3 | target" in md and "l4 | after" in md
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 12),
+                                  nn.ReLU(), nn.Linear(12, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_reinitialise_any_module_changes_only_the_chosen_layer():
+    from closerlook.activations import capture
+
+    torch.manual_seed(0)
+    model = _MLP()
+    layers = {"h1": "body.1", "h2": "body.3", "h3": "body.5", "out": "body.6"}
+    assert K.middle_layer(list(layers)) == "h2"
+    new, reset = K.reinitialise(model, layers, "h2", seed=3)
+    assert reset == ["body.2"]
+    assert torch.equal(new.body[0].weight, model.body[0].weight)
+    assert not torch.equal(new.body[2].weight, model.body[2].weight)
+    x = torch.randn(500, 6)
+    a = capture(model, layers, x)
+    b = capture(new, layers, x)
+    assert np.array_equal(a["h1"], b["h1"]) and not np.array_equal(a["h2"], b["h2"])
+    res = K.change_detection(a, b, ["linear_cka"], "h2", max_target=1.0)
+    assert res["measures"]["linear_cka"]["before_ok"]
+    with pytest.raises(ValueError, match="last layer"):
+        K.reinitialise(model, layers, "out")
+    # the same seed gives the same re-initialisation; the global RNG is left as it was
+    s = torch.random.get_rng_state()
+    again, _ = K.reinitialise(model, layers, "h2", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), s)
+    assert torch.equal(again.body[2].weight, new.body[2].weight)
+
+
+def test_controls_table_has_interface_a_columns():
+    rng = np.random.default_rng(2)
+    a = _chain(rng, depth=4)
+    ident = K.identification(a, a, ["linear_cka"])
+    ch = K.change_detection(a, a, ["linear_cka"], "l1")
+    rows = K.controls_table(ident, ch)
+    assert [r["control"] for r in rows] == ["identification", "change_detection"]
+    assert all(set(r) == set(K.CONTROL_COLUMNS) for r in rows)
+    assert rows[1]["passes"] is False                   # nothing changed: the target stays at 1
+    md = K.controls_markdown(ident, ch)
+    assert "Layer identification" in md and "Change detection" in md
+
+
+def test_stage_writes_interface_a_outputs(tmp_path):
+    import pandas as pd
+
+    from closerlook import stages
+    from closerlook.activations import save_store
+
+    rng = np.random.default_rng(3)
+    a = _chain(rng, n=300, depth=4)
+    save_store(tmp_path / "a", {k: v.astype(np.float32) for k, v in a.items()}, {"status": "ok"})
+    save_store(tmp_path / "b", {k: (v @ _rotation(rng, 16)).astype(np.float32) for k, v in a.items()}, {"status": "ok"})
+    outs = {k: str(tmp_path / f"{k}.out") for k in ("controls", "controls_md", "identification", "change_detection")}
+    s = {**K.CONTROL_DEFAULTS, "measures": ["linear_cka", "cca_mean"]}
+    stages.similarity_controls(outs, s, stores={"a": str(tmp_path / "a"), "b": str(tmp_path / "b")})
+    df = pd.read_csv(outs["controls"])
+    assert list(df.columns) == K.CONTROL_COLUMNS and df["passes"].all() and (df["control"] == "identification").all()
+    ident = pd.read_csv(outs["identification"])
+    assert len(ident) == 8 and "vs_l0" in ident.columns
+    assert "Layer identification" in open(outs["controls_md"]).read()
+
+
+def test_config_controls_block_resolves_and_refuses_bad_pairs():
+    import copy
+
+    from closerlook import config as C
+    from closerlook.io import ConfigError
+
+    cfg = C.load_config("config/demo.yaml")
+    s = C.control_settings(cfg)
+    assert s["measures"] == cfg["similarity"]["measures"] and s["level"] == 0.95
+    eps = C.control_endpoints(cfg)
+    assert (eps["a"].seed, eps["b"].seed, eps["checkpoint"].tag) == (0, 1, "final")
+    lay = C.control_layout(cfg)
+    assert lay == {"controls": "results/demo/similarity/controls.csv", "controls_md": "results/demo/similarity/controls.md"}
+    bad = copy.deepcopy(cfg)
+    bad["controls"]["identification"]["b"] = {"run": "adam", "final": True, "seed": 1}
+    with pytest.raises(ConfigError, match="controls.identification"):
+        C.control_endpoints(bad)
+    none = copy.deepcopy(cfg)
+    del none["controls"]
+    assert C.control_settings(none) == {} and C.control_layout(none) == {}
