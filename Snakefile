@@ -30,6 +30,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/curves.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/autoneb.smk"
+include: "workflow/rules/distill.smk"
 
 
 if config.get("ensembles"):

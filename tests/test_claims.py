@@ -487,9 +487,11 @@ def test_reports_are_written(tmp_path):
 def test_fig9_layout_adds_the_beyond_section(good, tmp_path):
     res = claims.evaluate(good, RULES)
     beyond = {e["id"]: e for e in res["beyond"]}
-    assert list(beyond) == ["beyond-snapshot", "beyond-fge", "beyond-curve", "beyond-swa"]
+    assert list(beyond)[:4] == ["beyond-snapshot", "beyond-fge", "beyond-curve", "beyond-swa"]
+    # fidelity measured (interface B): issue 27's entries follow (closerlook.explanations)
+    assert list(beyond)[4:] == ["beyond-fidelity-raised", "beyond-fidelity-below-perfect", "beyond-fidelity-vs-cca"]
     assert res["summary"] == {"reproduced": 10, "not reproduced": 0, "inconclusive": 0}  # the paper's claims only
-    without = claims.evaluate({k: v for k, v in good.items() if k != "fig9_ensembles"}, RULES)
+    without = claims.evaluate({k: v for k, v in good.items() if k not in ("fig9_ensembles", "fidelity")}, RULES)
     assert "beyond" not in without and "Beyond the paper" not in claims.to_markdown(without)
 
 

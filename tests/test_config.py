@@ -25,7 +25,8 @@ def demo():
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "tiny.yaml", "gpu_smoke.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = C.load_config(REPO / "config" / name)
-    assert set(C.figure_names(cfg)) == set(P.PAPER_FIGURES)
+    # every paper figure; beyond them the demo draws fig10_warmup_sharpness (issue 27)
+    assert set(C.figure_names(cfg)) - {"fig10_warmup_sharpness"} == set(P.PAPER_FIGURES)
 
 
 @pytest.fixture(scope="module")

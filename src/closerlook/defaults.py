@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": False,
     "compile": False,
     "threads": None,
+    "sharpness_trace": None,  # lambda_max inside training (closerlook.sharpness_trace); None: off
 }
 DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
 OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, "dampening": 0.0},

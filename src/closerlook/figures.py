@@ -2,7 +2,8 @@
 
 Figs. 1-2 (paths): :mod:`closerlook.figures_paths`; Fig. 3 (plane): :mod:`closerlook.figures_plane`;
 Figs. 4-6 (similarity): :mod:`closerlook.figures_similarity`; fig7_lenses and fig8_sharpness:
-:mod:`closerlook.figures_lenses`; fig9_ensembles: :mod:`closerlook.figures_ensembles`. What they
+:mod:`closerlook.figures_lenses`; fig9_ensembles: :mod:`closerlook.figures_ensembles`; fig6's fidelity
+panel: :mod:`closerlook.figures_fidelity`; fig10_warmup_sharpness: :mod:`closerlook.figures_sharpness_trace`. What they
 all draw with (marks, notes, legends, palette, style): :mod:`closerlook.figures_common`. A new
 figure goes in a new ``figures_<topic>.py`` and is registered here with one line in ``BUILDERS``.
 
@@ -41,6 +42,8 @@ from .figures_common import (  # noqa: F401  (re-exported: the figures' public h
 from .figures_lenses import fig7_lenses, fig8_sharpness
 from .figures_paths import fig1_robustness, fig2_sgdr
 from .figures_plane import bezier, draw_plane_overlay, fig3_plane, log_contour, plane_overlay_points  # noqa: F401
+from .figures_fidelity import with_fidelity_panel
+from .figures_sharpness_trace import fig10_warmup_sharpness
 from .figures_similarity import fig4_warmup, fig5_freeze, fig6_distill
 from .io import atomic_path
 from .paths import FIGURE_FORMATS, FIGURES
@@ -60,10 +63,11 @@ BUILDERS: dict[str, Callable[[Mapping, Mapping], Figure]] = {
     "fig3_plane": fig3_plane,
     "fig4_warmup": fig4_warmup,
     "fig5_freeze": fig5_freeze,
-    "fig6_distill": fig6_distill,
+    "fig6_distill": with_fidelity_panel(fig6_distill),  # + the fidelity panel (closerlook.figures_fidelity)
     "fig7_lenses": fig7_lenses,
     "fig8_sharpness": fig8_sharpness,
     "fig9_ensembles": _fig9,
+    "fig10_warmup_sharpness": fig10_warmup_sharpness,
 }
 
 

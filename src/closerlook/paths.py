@@ -25,6 +25,7 @@ from __future__ import annotations
 PAPER_FIGURES = ("fig1_robustness", "fig2_sgdr", "fig3_plane", "fig4_warmup", "fig5_freeze", "fig6_distill")
 LENS_FIGURES = ("fig7_lenses", "fig8_sharpness")  # the older lenses beside the paper's (closerlook.figures_lenses)
 EXTRA_FIGURES = ("fig9_ensembles",)  # beyond the paper: the ensemble comparison (closerlook.figures_ensembles)
+EXTRA_FIGURES += ("fig10_warmup_sharpness",)  # beyond the paper: lambda_max inside training (closerlook.figures_sharpness_trace)
 FIGURES = PAPER_FIGURES + LENS_FIGURES + EXTRA_FIGURES
 FIGURE_FORMATS = ("pdf", "png")
 CURVE_FILES = ("curve.pt", "metrics.csv")
@@ -174,6 +175,16 @@ def figure_file(R: str, figure: str, ext: str) -> str:
 def claims_file(R: str, ext: str) -> str:
     """``ext``: ``json`` or ``md``."""
     return f"{R}/claims.{ext}"
+
+
+def sharpness_trajectory(R: str, run: str, seed) -> str:
+    """lambda_max inside training (closerlook.sharpness_trace), written by the run itself."""
+    return f"{run_dir(R, run, seed)}/sharpness_trajectory.csv"
+
+
+def fidelity_table(R: str) -> str:
+    """The students' fidelity to their teacher (closerlook.fidelity): one row per (student, seed, split)."""
+    return f"{R}/distill/fidelity.csv"
 
 
 def models_check(R: str) -> str:

@@ -7,6 +7,12 @@ images (the first ``images``, unaugmented). The model is in eval mode with its B
 recomputed at the point first (:func:`closerlook.landscape.recompute_bn`, the evaluation's
 recipe), so the loss is a smooth function of the weights with no batch dependence.
 
+``mode="train"`` (:class:`HessianOperator`) is the loss as the optimiser sees it instead: BN in train
+mode (each batch normalised by its own statistics; the running statistics neither read nor updated)
+and dropout switched off (else every Hessian-vector product would draw a new mask and Lanczos would
+run on a different random matrix at each step). The in-training trace
+(:mod:`closerlook.sharpness_trace`) uses it on the current training batch.
+
 * ``lambda_max`` / ``lambda_min``: the largest and the smallest Ritz value of ``lanczos_steps``
   Lanczos steps with full reorthogonalisation (start vector from ``seed``). Both are reported:
   points along a line or curve are often not minima (``lambda_min < 0``).
@@ -19,6 +25,7 @@ recipe), so the loss is a smooth function of the weights with no batch dependenc
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,16 +42,53 @@ from .landscape import EVAL_BATCH_SIZE, recompute_bn
 from .defaults import SHARPNESS_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 
 
+MODES = ("eval", "train")
+_BN = nn.modules.batchnorm._BatchNorm
+_DROPOUT = nn.modules.dropout._DropoutNd
+
+
+@contextlib.contextmanager
+def loss_mode(module: nn.Module, mode: str):
+    """The module in ``mode`` for the block, restored after (training flags and BN tracking).
+
+    ``"train"``: train mode with every dropout module in eval mode (no mask), and each BN module's
+    ``track_running_stats`` off, so that BN normalises by the batch's own statistics and never
+    touches its running buffers (an in-place update would also be refused inside torch.func's
+    transforms)."""
+    if mode not in MODES:
+        raise ConfigError(f"sharpness mode: {mode!r} is not one of {', '.join(MODES)}")
+    flags = {m: m.training for m in module.modules()}
+    tracks = {m: m.track_running_stats for m in module.modules() if isinstance(m, _BN)}
+    try:
+        module.train(mode == "train")
+        for m in module.modules():
+            if isinstance(m, _DROPOUT):
+                m.eval()
+            if isinstance(m, _BN) and mode == "train":
+                m.track_running_stats = False
+        yield module
+    finally:
+        for m, t in tracks.items():
+            m.track_running_stats = t
+        for m, f in flags.items():
+            m.training = f
+
+
 class HessianOperator:
     """The training loss on fixed batches as a function of the flat parameters, and its derivatives.
 
-    ``state``: the point (its BN statistics already recomputed); ``batches``: a list of ``(x, y)``.
+    ``state``: the point (in eval mode, its BN statistics already recomputed); ``batches``: a list of
+    ``(x, y)``; ``mode``: ``"eval"`` or ``"train"`` (:func:`loss_mode`: train-mode BN, dropout off).
     ``hvp(v)`` returns ``H v`` in float64 (computed in the parameters' dtype).
     """
 
-    def __init__(self, module: nn.Module, state: Mapping[str, torch.Tensor], batches: Sequence[tuple]):
+    def __init__(self, module: nn.Module, state: Mapping[str, torch.Tensor], batches: Sequence[tuple],
+                 mode: str = "eval"):
         if not batches:
             raise ConfigError("sharpness: no images in the fixed subset")
+        if mode not in MODES:
+            raise ConfigError(f"sharpness mode: {mode!r} is not one of {', '.join(MODES)}")
+        self.mode = mode
         self.module, self.layout = module, Layout(module)
         self.layout.check(state, "state")
         self.params = self.layout.flat_params(state).detach()
@@ -64,12 +108,8 @@ class HessianOperator:
         return f
 
     def _over_batches(self, fn) -> Any:
-        was = self.module.training
-        self.module.eval()
-        try:
+        with loss_mode(self.module, self.mode):
             return sum(fn(self._batch_loss(x, y)) for x, y in self.batches)
-        finally:
-            self.module.train(was)
 
     def loss(self) -> float:
         with torch.no_grad():

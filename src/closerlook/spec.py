@@ -65,6 +65,10 @@ def spec_hash(spec: Mapping) -> str:
     the folder sets), so a finished run or resume state from the class-sorted folder caches of
     before is not reused; for every other set the hash is what it was without it."""
     key = {k: v for k, v in spec.items() if k not in HASH_IGNORES}
+    if key.get("sharpness_trace") is None:
+        # absent like before the key existed: runs without a trace keep their hashes (and finished runs);
+        # a trace is hashed: a run finished without it must be redone to write its trajectory
+        key.pop("sharpness_trace", None)
     order = catalog.stored_order((spec.get("data") or {}).get("name"))
     if order != catalog.SOURCE_ORDER:
         key["data_order"] = order
@@ -103,6 +107,9 @@ def validate_run_spec(spec: Mapping, build: bool = True) -> dict:
         s["freeze"] = _check_freeze(s, model)
     if s["distill"] is not None:
         s["distill"] = _check_distill(s["distill"])
+    from .stability import check_trace
+
+    s["sharpness_trace"] = check_trace(s["sharpness_trace"], s)
     return s
 
 

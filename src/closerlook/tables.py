@@ -45,7 +45,7 @@ SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "sample", "n_
 ENSEMBLE_COLUMNS = ["method", "members", "snapshots", "budget_epochs", "test_acc", "test_nll", "member_acc_mean",
                     "member_acc_min", "member_nll_mean", "disagreement", "cka", "status"]
 MEMBER_COLUMNS = ["method", "member", "label", "test_acc", "test_nll", "status"]
-_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "sample", "method", "view")
+_TEXT_COLUMNS = ("status", "path", "label", "layer", "measure", "a", "b", "sample", "method", "view", "student", "split")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

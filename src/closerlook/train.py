@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import data, devices, models, resume, schedules
+from . import data, devices, models, resume, schedules, sharpness_trace
 from .io import CheckpointError, ConfigError, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from .spec import check_iterations, spec_hash, validate_run_spec
 from .tables import METRICS_COLUMNS
@@ -250,6 +250,7 @@ class _Run:
                                               "loss_sum": 0.0, "correct": 0, "count": 0, "epoch_train_s": 0.0})
     diverged_at: int | None = None
     reason: str = ""
+    trace: Any = None  # closerlook.sharpness_trace.Tracer (lambda_max inside training), None: off
 
     @property
     def ck_epochs(self) -> set:
@@ -359,6 +360,7 @@ def _setup(s: dict, out: Path, say: Callable[[str], Any], allow: Sequence[str] =
                base_meta=base_meta)
     if s["distill"] and teacher is None:
         run.diverge(0, "teacher checkpoint is marked diverged")
+    run.trace = sharpness_trace.Tracer.for_run(run)
     return run
 
 
@@ -433,6 +435,8 @@ def _train_epoch(run: _Run, acc: dict, clock: _Clock) -> float:
         it = st["iteration"]
         for p in run.frozen:
             p.requires_grad_(it >= freeze_until)
+        if run.trace is not None:
+            run.trace.before_step(it, x, y)
         run.optimizer.zero_grad(set_to_none=True)
         ls, cor = accumulate_gradients(run.model, x, y, s["micro_batch_size"], loss_fn=run.loss_fn,
                                        teacher=run.teacher, autocast=run.amp, forward=run.forward)
@@ -519,6 +523,8 @@ def _finish(run: _Run, acc: dict, clock: _Clock, t_train: float) -> dict:
     status = "ok" if run.diverged_at is None else "diverged"
     final.update(wall_s=round(clock.wall(), 3), images_per_s=st["rows"][-1]["images_per_s"] if st["rows"] else nan)
     write_metrics(run.out / "metrics.csv", st["rows"])
+    if run.trace is not None:
+        run.trace.write()
     status_obj = {"status": status, "complete": True, "run": run.s["name"], "seed": run.s["seed"], "spec_hash": run.key,
                   "final": _jsonable(final), "device": str(run.device), "precision": run.precision,
                   "iters_per_epoch": run.ipe, "total_iterations": run.total}

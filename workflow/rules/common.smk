@@ -105,7 +105,7 @@ def _train_outputs(run):
     tags = C.checkpoint_tags(C.resolve_run(config, run))
     return [P.checkpoint(R, run, "{seed}", t) for t in tags] + [
         f"{P.run_dir(R, run, '{seed}')}/{name}" for name in P.RUN_TABLES
-    ]
+    ] + ([P.sharpness_trajectory(R, run, "{seed}")] if C.resolve_run(config, run).get("sharpness_trace") else [])
 
 
 def _teacher_input(wildcards, run):

@@ -98,6 +98,10 @@ def evaluate(layouts: Mapping[str, Mapping], rules: Mapping | None) -> dict:
         from ..ensembles import evaluate_beyond  # only here: claims alone stay free of torch
 
         out["beyond"] = evaluate_beyond(layouts["fig9_ensembles"], r)
+    from ..explanations import evaluate_beyond as explain  # fidelity, warmup sharpness (issue 27)
+
+    if extra := explain(layouts, rules, results):
+        out.setdefault("beyond", []).extend(extra)
     return out
 
 

@@ -28,3 +28,4 @@ from .resolve import (Endpoint, endpoint_tag, run_names, resolve_run, data_spec,
 from .validate import (validate_schema, load_config, validate_config, check_models, control_endpoints, check_curve_stop)
 from .layouts import (figure_names, claim_figures, figure_formats, figure_files, figure_layout,
                       figure_options, claims_inputs, claims_input_files, control_layout)
+from .explain import (fidelity_settings, fidelity_pairs, explain_layout, check_explain_figures)  # added by explain

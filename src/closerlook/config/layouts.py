@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 from .. import paths
 from .resolve import (_resolved, comparison_instances, curve_instances, ensemble_inst, lens_instances, path_kinds,
                       plane_projection, results_dir, run_spec, sharpness_checkpoints)
+from .explain import explain_layout
 from .settings import claim_rules, control_settings, lens_settings, sharpness_settings, similarity_settings
 
 def figure_names(cfg: dict) -> list[str]:
@@ -104,8 +105,11 @@ def figure_layout(cfg: dict, fig: str) -> tuple[dict, list[str]]:
         layout = _plane_layout(cfg, inp, f["plane"])
     elif fig in paths.LENS_FIGURES:
         layout = _lens_layout(cfg, fig, inp)
+    elif fig == "fig10_warmup_sharpness":
+        layout = {}  # (explain_layout below)
     else:
         layout = _similarity_layout(cfg, inp, f)
+    layout.update(explain_layout(cfg, fig, inp))  # fidelity (fig6), sharpness trajectories (fig10)
     layout["data_info"] = inp.file(paths.data_info(inp.R))
     return layout, sorted(inp.files)
 

@@ -18,6 +18,7 @@ from .resolve import (_resolved, Endpoint, _endpoint_epochs, endpoint_tag, auton
                       curve_instances, ensemble_base, ensemble_budgets, ensemble_members, lens_instances,
                       lens_trajectory, plane_projection, run_spec, sharpness_checkpoints,
                       teacher_endpoint)
+from .explain import check_explain_figures
 from .settings import autoneb_settings, control_settings, ensemble_settings, similarity_settings
 
 
@@ -155,6 +156,7 @@ def _check_teacher_cycles(cfg: dict) -> None:
 
 
 def _check_figures(cfg: dict, sim: dict) -> None:
+    check_explain_figures(cfg)  # fig10_warmup_sharpness (added by explain)
     figs = cfg.get("figures") or {}
     curves = cfg.get("curves") or {}
     runs = cfg["runs"]

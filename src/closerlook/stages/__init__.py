@@ -30,5 +30,6 @@ from .report import claims
 from .align import align_end, evaluate_aligned
 from .autoneb import autoneb
 from .ensembles import fge, swa, ensembles
+from .distill import fidelity
 
-__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "similarity_controls", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles"]
+__all__ = ["Log", "prepare_data", "data_info", "check_models", "train", "fit_curve", "evaluate_path", "evaluate_paths", "plane", "lens_slices", "lens_trajectory", "lens_pca_grid", "sharpness_path", "sharpness_checkpoint", "extract_activations", "similarity", "similarity_controls", "figure", "claims", "align_end", "evaluate_aligned", "autoneb", "fge", "swa", "ensembles", "fidelity"]
