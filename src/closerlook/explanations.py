@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import verdicts as V
+from .tables import read_plain
 
 # This module's thresholds (config `claims:` overrides them, like verdicts.DEFAULT_RULES). Each fixed before
 # any fidelity or trajectory was measured.
@@ -60,16 +61,9 @@ def rules_with_defaults(rules: Mapping | None) -> dict:
 
 def read_fidelity(path: Any) -> tuple[pd.DataFrame | None, str | None]:
     """The fidelity table (every row, diverged ones kept: their status says so) or None and the problem."""
-    if not path:
-        return None, "missing"
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None, "unreadable"
-    if df.empty:
-        return None, "empty"
+    df, problem = read_plain(path)
+    if problem:
+        return None, problem
     need = {"student", "seed", "split", "agreement", "kl", "n_images", "status"}
     if not need <= set(df.columns):
         return None, f"columns missing: {sorted(need - set(df.columns))}"
@@ -267,14 +261,9 @@ SHARPNESS_CLAIMS = {
 
 
 def read_trajectory(path: Any) -> tuple[pd.DataFrame | None, str | None]:
-    if not path:
-        return None, "missing"
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None, "unreadable"
+    df, problem = read_plain(path)
+    if problem:
+        return None, problem
     need = {"iteration", "lr", "lambda_max", "ritz_residual", "weight_decay", "constant"}
     if df.empty or not need <= set(df.columns):
         return None, "empty or columns missing"

@@ -54,13 +54,11 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
-    """Read one CSV table: ``(df, problem)``; problem is None, "diverged", "missing", "empty", "unreadable".
-
-    Numeric columns are coerced (non-numbers become NaN); text columns are kept.
-    A table is "diverged" when any row's status is ``diverged``. Never raises.
-    """
-    if path is None or not Path(path).exists():
+def read_plain(path: Any) -> tuple[pd.DataFrame | None, str | None]:
+    """One CSV table as written, no column coerced (for tables with text columns: controls.csv,
+    fidelity.csv, sharpness_trajectory.csv): ``(df, problem)``, problem None, "missing", "empty"
+    (``df`` kept when it has a header) or "unreadable". Never raises."""
+    if not path or not Path(path).exists():
         return None, "missing"
     try:
         df = pd.read_csv(path)
@@ -68,8 +66,18 @@ def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None
         return None, "empty"
     except Exception:  # noqa: BLE001 - a broken table must not stop a figure or a verdict
         return None, "unreadable"
-    if df.empty:
-        return df, "empty"
+    return (df, "empty") if df.empty else (df, None)
+
+
+def read_table(path: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
+    """Read one CSV table: ``(df, problem)``; problem is None, "diverged", "missing", "empty", "unreadable".
+
+    Numeric columns are coerced (non-numbers become NaN); text columns are kept.
+    A table is "diverged" when any row's status is ``diverged``. Never raises.
+    """
+    df, problem = read_plain(path)
+    if problem:
+        return df, problem
     for col in df.columns:
         if col not in _TEXT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce")

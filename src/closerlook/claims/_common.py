@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import verdicts as V
-from ..tables import path_barrier, read_table
+from ..tables import path_barrier, read_plain, read_table  # noqa: F401 (read_plain: claims' text-column tables)
 from ..verdicts import Verdict
 
 _num = V.num
@@ -73,18 +73,6 @@ def endpoints_trained(v: Verdict, df: pd.DataFrame | None, where: str, layout: M
     return v.add(rec, blocking=False)
 
 
-def read_plain(path: Any) -> tuple[pd.DataFrame | None, str | None]:
-    """A table with text columns that :func:`closerlook.tables.read_table` would coerce to numbers (controls.csv,
-    fidelity.csv): ``(df, problem)`` with problem None, "missing", "empty", "unreadable"."""
-    if path is None or not Path(path).exists():
-        return None, "missing"
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None, "empty"
-    except Exception:  # noqa: BLE001 - a broken table must not stop a verdict
-        return None, "unreadable"
-    return (df, "empty") if df.empty else (df, None)
 
 
 def worst_first(v: Verdict, start: int, key=lambda e: -(e["estimate"] if e["estimate"] is not None else -math.inf)):
