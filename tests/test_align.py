@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testkit import randomise_bn
 import torchvision
 from torch import nn
 from torch.func import functional_call
@@ -25,18 +26,6 @@ def _net(spec: dict, seed: int = 0) -> nn.Module:
     return build_model(spec, 1, 10, 28).eval()
 
 
-def _randomise_bn(sd: dict, seed: int) -> dict:
-    """Non-trivial BN parameters and statistics, so that the BN entries carry the permutation too."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(("running_var", "weight")) and v.dim() == 1:
-            out[k] = torch.rand(v.shape, generator=g) + 0.5
-        elif k.endswith(("running_mean", "bias")) and v.dim() == 1:
-            out[k] = torch.randn(v.shape, generator=g) * 0.1
-        else:
-            out[k] = v
-    return out
 
 
 def _canonical(spec: A.PermSpec) -> dict:
@@ -52,7 +41,7 @@ def _canonical(spec: A.PermSpec) -> dict:
 @pytest.mark.parametrize("mspec", FAMILIES, ids=lambda s: f"{s['name']}-bn{int(s['batch_norm'])}")
 def test_permuted_copy_aligns_back_exactly(mspec):
     net = _net(mspec)
-    sd = _randomise_bn(net.state_dict(), 1)
+    sd = randomise_bn(net.state_dict(), 1)
     spec = A.builtin_spec(net)
     hidden = A.random_permutation(spec, seed=3)
     shuffled = A.apply_permutation(spec, hidden, sd)
@@ -66,7 +55,7 @@ def test_permuted_copy_aligns_back_exactly(mspec):
 @pytest.mark.parametrize("mspec", FAMILIES, ids=lambda s: f"{s['name']}-bn{int(s['batch_norm'])}")
 def test_permutation_leaves_the_function_unchanged(mspec):
     net = _net(mspec)
-    sd = _randomise_bn(net.state_dict(), 2)
+    sd = randomise_bn(net.state_dict(), 2)
     spec = A.builtin_spec(net)
     shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=5), sd)
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -89,7 +78,7 @@ def test_torchvision_resnet18_through_fx():
     spec = A.permutation_spec(net)
     # residual streams tied: one group per stage stream, one per block's inner conv
     assert len(spec.sizes) == 4 + 8
-    sd = _randomise_bn(net.state_dict(), 4)
+    sd = randomise_bn(net.state_dict(), 4)
     shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=7), sd)
     back = A.apply_permutation(spec, A.weight_matching(spec, sd, shuffled), shuffled)
     assert all(torch.equal(back[k], sd[k]) for k in sd)  # exact: permutations copy values

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import randomise_bn
 import torch.nn.functional as F
 import torchvision
 from torch import nn
@@ -181,18 +182,6 @@ ZOO = {  # model -> (the test's labeller, channels it permutes)
 }
 
 
-def _randomise_bn(sd: dict, seed: int) -> dict:
-    """Non-trivial BN parameters and statistics (at init they are 1 / 0: a permutation would leave them equal)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(("running_var", "weight")) and v.dim() == 1:
-            out[k] = torch.rand(v.shape, generator=g) + 0.5
-        elif k.endswith(("running_mean", "bias")) and v.dim() == 1:
-            out[k] = torch.randn(v.shape, generator=g) * 0.1
-        else:
-            out[k] = v
-    return out
 
 
 def _check_same_function(net, sd, shuffled, x):
@@ -208,7 +197,7 @@ def _check_same_function(net, sd, shuffled, x):
 def test_zoo_permuted_copy_aligns_back_exactly(name):
     torch.manual_seed(0)
     net = getattr(torchvision.models, name)(num_classes=10).eval()
-    sd = _randomise_bn(net.state_dict(), 1)
+    sd = randomise_bn(net.state_dict(), 1)
     labeller, n_channels = ZOO[name]
     L = Labels(sd)
     labeller(net, L)
@@ -245,13 +234,22 @@ def test_mobilenet_v2_derived_spec_permutes_the_hand_written_groups():
     hand.check(net.state_dict())
     assert _spec_groups(A.fx_spec(net)) == _spec_groups(hand)
     # and the hand-written spec aligns the test's permuted copy back too
-    sd = _randomise_bn(net.state_dict(), 2)
+    sd = randomise_bn(net.state_dict(), 2)
     L = Labels(sd)
     _mobilenet_v2(net, L)
     shuffled = L.permute(seed=5)
     back = A.apply_permutation(hand, A.weight_matching(hand, sd, shuffled), shuffled)
     assert all(torch.equal(back[k], sd[k]) for k in sd)
 
+
+
+def _aligns_back(net: nn.Module, spec, x: torch.Tensor) -> None:
+    """A random permutation under ``spec`` computes the same function, and weight matching undoes it exactly."""
+    sd = net.state_dict()
+    shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=1), sd)
+    _check_same_function(net, sd, shuffled, x)
+    back = A.apply_permutation(spec, A.weight_matching(spec, sd, shuffled), shuffled)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)  # exact: a permutation and its inverse move values
 
 class _Acts(nn.Module):
     """Every activation form in one conv stack: module forms, F.* functions, torch.* functions, tensor methods."""
@@ -277,11 +275,7 @@ def test_activation_functions_and_modules_pass_permutations():
     net = _Acts().eval()
     spec = A.fx_spec(net)
     assert sorted(spec.sizes.values()) == [6] * 5  # each conv's outputs, through every activation form
-    sd = net.state_dict()
-    shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=1), sd)
-    _check_same_function(net, sd, shuffled, torch.randn(2, 3, 8, 8))
-    back = A.apply_permutation(spec, A.weight_matching(spec, sd, shuffled), shuffled)
-    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    _aligns_back(net, spec, torch.randn(2, 3, 8, 8))
 
 
 class _Gated(nn.Module):
@@ -306,11 +300,7 @@ def test_grouped_conv_gate_and_flatten():
     assert sorted(spec.sizes.values()) == [4, 4, 4]
     assert isinstance(spec.axes["a.weight"][0], A.Mixed) and spec.axes["g.weight"][1] is not None
     assert spec.axes["fc.weight"][1] is not None
-    sd = net.state_dict()
-    shuffled = A.apply_permutation(spec, A.random_permutation(spec, seed=1), sd)
-    _check_same_function(net, sd, shuffled, torch.randn(2, 3, 6, 6))
-    back = A.apply_permutation(spec, A.weight_matching(spec, sd, shuffled), shuffled)
-    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    _aligns_back(net, spec, torch.randn(2, 3, 6, 6))
 
 
 class _Mixer(nn.Module):

@@ -42,9 +42,9 @@ def test_identical_networks_up_to_rotation_are_identified_by_every_measure():
         r = res["measures"][m]
         # CKA: invariant to rotations. CCA (and SVCCA): invariant to every invertible linear map, so a rotation
         # leaves the diagonal at 1 as well; CCA's trouble is wide layers, not rotations.
-        assert r["share"] == 1.0, m
+        assert r["share"] == 1.0, m  # exact: a count ratio, 9/9
         assert r["margin"] > 0, m
-        assert r["within_one"] == 1.0
+        assert r["within_one"] == 1.0  # exact: a count ratio
     rows = K.controls_table(res, None)
     assert all(r["passes"] for r in rows) and {r["measure"] for r in rows} == set(MEASURES)
 
@@ -66,7 +66,7 @@ def test_equal_width_identification_restricts_candidates():
     s = K.identification_stats(mat, widths=[4, 8, 4])
     assert s["identified"] == 1 and s["per_layer"][0]["best"] == 1          # row 0's best overall is wider layer 1
     assert s["n_equal"] == 2 and s["per_layer"][0]["identified_equal_width"]  # among width 4: layer 0
-    assert s["share_equal"] == 0.5 and s["chance_equal"] == 0.5
+    assert s["share_equal"] == 0.5 and s["chance_equal"] == 0.5  # exact: count ratios, 1/2
     assert s["per_layer"][2]["margin"] == pytest.approx(0.8 - 0.9)
 
 
@@ -162,7 +162,7 @@ def test_config_controls_block_resolves_and_refuses_bad_pairs():
 
     cfg = C.load_config("config/demo.yaml")
     s = C.control_settings(cfg)
-    assert s["measures"] == cfg["similarity"]["measures"] and s["level"] == 0.95
+    assert s["measures"] == cfg["similarity"]["measures"] and s["level"] == 0.95  # exact: the default passed through, no arithmetic
     eps = C.control_endpoints(cfg)
     assert (eps["a"].seed, eps["b"].seed, eps["checkpoint"].tag) == (0, 1, "final")
     lay = C.control_layout(cfg)

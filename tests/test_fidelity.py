@@ -41,7 +41,7 @@ def test_kl_temperature_by_hand():
     assert by_hand(1.0) == pytest.approx(0.32782, abs=1e-5)
     assert F.kl_teacher_student(t, s, 1.0).item() == pytest.approx(by_hand(1.0), abs=1e-9)
     assert F.kl_teacher_student(t, s, 2.0).item() == pytest.approx(by_hand(2.0), abs=1e-9)  # 0.11099
-    assert F.FIDELITY_DEFAULTS["temperature"] == 1.0  # Stanton's metric is at T = 1, not the distillation T
+    assert F.FIDELITY_DEFAULTS["temperature"] == 1.0  # exact: a constant. Stanton's metric is at T = 1, not the distillation T
     f = F.fidelity(t, s)
     assert f["kl"] == pytest.approx(by_hand(1.0)) and f["n_images"] == 1
 

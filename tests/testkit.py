@@ -49,3 +49,20 @@ def tiny_config() -> dict:
 def write_tiny(dest: Path) -> Path:
     dest.write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
     return dest
+
+
+def randomise_bn(sd: dict, seed: int) -> dict:
+    """Non-trivial BN parameters and statistics (at init they are 1 / 0: a permutation would leave them
+    equal), so that the BN entries carry the permutation too. Shared by the alignment tests."""
+    import torch  # here, not at the top: testkit is imported by tests that keep torch out of their process
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(("running_var", "weight")) and v.dim() == 1:
+            out[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith(("running_mean", "bias")) and v.dim() == 1:
+            out[k] = torch.randn(v.shape, generator=g) * 0.1
+        else:
+            out[k] = v
+    return out
