@@ -18,6 +18,8 @@ Sections (each reuses the bench module named in its rows' "command" column):
   (64 x 2,000), (256 x 10,000), (512 x 50,000), float64 and float32 products,
   ratio and agreement, plus the streaming accumulator's peak memory
   (:mod:`bench.similarity_bench`);
+- explanations: the CPU cost of lambda_max inside training (the demo's traced large-batch run with and
+  without its trace; :mod:`bench.trace_bench`);
 - the workflow: ``snakemake -n`` on the paper config (``dryrun_paper_s``) and the
   demo pipeline's wall time from scratch in a fresh temporary ``--directory``
   (``demo_wall_s``, about 10 minutes; ``--skip-demo`` or
@@ -232,7 +234,7 @@ def main(argv=None) -> dict:
                     help="skip the ~10-minute demo pipeline (also CLOSERLOOK_BENCH_SKIP_DEMO=1)")
     ap.add_argument("--quick", action="store_true", help="short training loops, no 512 x 50,000 similarity case")
     ap.add_argument("--out", default="results/bench/bench.json")
-    ap.add_argument("--only", nargs="*", choices=["train", "curves", "paths", "lenses", "similarity", "workflow"],
+    ap.add_argument("--only", nargs="*", choices=["train", "curves", "paths", "lenses", "similarity", "explanations", "workflow"],
                     help="run only these sections (their keys replace those of an existing --out file)")
     ap.add_argument("--steps", type=int, default=60, help="timed small_cnn steps per training loop")
     ap.add_argument("--vgg-steps", type=int, default=10, help="timed vgg16 steps per training loop")
@@ -243,7 +245,7 @@ def main(argv=None) -> dict:
     os.chdir(ROOT)
     from closerlook.io import atomic_write_json
 
-    sections = set(a.only or ["train", "curves", "paths", "lenses", "similarity", "workflow"])
+    sections = set(a.only or ["train", "curves", "paths", "lenses", "similarity", "explanations", "workflow"])
     prev: dict = {}
     if a.only and Path(a.out).exists():  # partial re-run: keep the other sections' figures
         import json
@@ -313,6 +315,8 @@ def main(argv=None) -> dict:
             return r
 
         section("similarity", sim)
+    if "explanations" in sections:
+        section("trace", __import__("bench.trace_bench", fromlist=["register"]).register(ROWS, TARGETS))  # issue 27.1
     if "workflow" in sections:
         section("dryrun", dryrun_paper)
         section("plan", __import__("bench.plan_bench", fromlist=["register"]).register(ROWS, TARGETS))  # issue 26.1

@@ -58,3 +58,20 @@ def test_similarity_targets_in_step_and_paired_medians():
     assert outs == [1, 2] and len(calls) == 2 * SB.MIN_PAIRS
     assert calls[:4] == ["ref", "ours", "ours", "ref"]   # alternating order
     assert len(times) == 2 and len(ratios) == 1
+
+
+def test_trace_bench_registers_its_rows_and_refuses_an_untraced_run():
+    """bench.trace_bench (issue 27.1) adds its rows to the table; a run without sharpness_trace is named."""
+    import pytest
+
+    from bench import trace_bench
+
+    from bench import run
+
+    rows, targets = [], {}
+    trace_bench.register(rows, targets)
+    assert [r[1] for r in rows] == [r[1] for r in trace_bench.ROWS] and targets == {}
+    trace_bench.register(run.ROWS, run.TARGETS)   # what bench.run does; idempotent
+    assert "| explanations | trace CPU-s / untraced run CPU-s | 1.4 |" in table({"trace_over_train": 1.4})
+    with pytest.raises(ValueError, match=r"runs\.sgd has no sharpness_trace"):
+        trace_bench.run(config="config/demo.yaml", name="sgd")
