@@ -324,6 +324,20 @@ def test_claim7_names_runs_by_role(good):
     assert "trained: independent student (sgd1/seed1)" in names
 
 
+def test_distilled_student_is_not_held_to_a_cross_entropy_bar(good):
+    """A distilled run's train_loss is alpha T^2 KL + (1 - alpha) CE (2.54 for cifar_lite's student at T 4):
+    the train-loss bar, which is for cross-entropy, is not applied to it; the row says so."""
+    for p in good["fig6_distill"]["metrics"]["distilled"].values():
+        df = pd.read_csv(p)
+        df["train_loss"] = 2.5
+        df.to_csv(p, index=False)
+    c = claim(good, "7", {**RULES, "train_loss_max": 1.0})
+    rows = {p["name"]: p for p in c["premises"] if p["name"].startswith("trained")}
+    row = rows["trained: distilled student (distilled/seed0) (train loss not judged: a distillation objective)"]
+    assert row["holds"] and "train loss" not in row["rule"]
+    assert "train loss <= 1" in rows["trained: teacher (sgd1/seed0)"]["rule"]
+
+
 # ---------------------------------------------------------------- issue 29.5-8: n = 1, p-values, nothing dropped, noise
 
 
