@@ -58,17 +58,12 @@ def _layer_shapes(model_spec: dict, info: tuple[int, int, int]) -> list[tuple[in
     import torch
 
     from closerlook import models
+    from closerlook.activations import layer_shapes
 
     c, s, k = info
-    m = models.build_model(dict(model_spec), c, k, s).eval()
-    shapes = []
-    names = dict(m.named_modules())
-    hooks = [names[q].register_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape[1:])))
-             for q in models.analysis_layers(m).values()]
-    with torch.no_grad():
-        m(torch.zeros(1, c, s, s))
-    for h in hooks:
-        h.remove()
+    with torch.device("meta"):  # shapes only: no weights allocated
+        m = models.build_model(dict(model_spec), c, k, s)
+    shapes = layer_shapes(m, None, (c, s, s)).values()
     return [sh if len(sh) == 3 else (sh[0], 1, 1) for sh in shapes]
 
 

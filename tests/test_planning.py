@@ -79,6 +79,30 @@ def test_check_models_stage_writes_the_runs_checked(tmp_path):
     assert out.exists()
 
 
+def test_check_models_warns_of_layers_too_wide_for_their_images(tmp_path, capsys):
+    """Issue 25.3: the model check names each layer the CCA family would see on < 5 images per compared
+    dimension (cifar_lite's 256-wide FC layers: 1,000 / 256 = 3.9, 500 / 256 = 2.0), and stops once
+    similarity.images_per_dim compares them in n // 5 directions or the probe set is wide enough."""
+    import json
+
+    from closerlook import stages
+
+    cfg = C.load_config(REPO / "config" / "cifar_lite.yaml")
+    cfg["similarity"]["images_per_dim"] = None
+    out = tmp_path / "models.json"
+    stages.check_models(cfg, str(out))
+    warned = json.loads(out.read_text())["sample_size_warnings"]
+    assert sorted(w.split(" of runs")[0] for w in warned) == ["layer fc1", "layer fc1", "layer fc2", "layer fc2"]
+    assert any("1000 datapoints in the probe set give 3.9" in w for w in warned)
+    assert any("500 datapoints in a subsample give 2.0" in w and "top 100 directions" in w for w in warned)
+    assert "WARNING similarity sample size: layer fc1 of runs sgd, " in capsys.readouterr().err
+    cfg["similarity"]["images_per_dim"] = 5
+    assert C.sample_size_warnings(cfg) == []
+    cfg["similarity"]["images_per_dim"] = None
+    cfg["data"]["probe_size"], cfg["similarity"]["subsamples"] = 1280, {"count": 0}
+    assert C.sample_size_warnings(cfg) == []        # 1,280 = 5 x 256: wide enough in full
+
+
 def test_training_waits_for_check_models_without_retraining_on_a_recheck():
     """Every train rule takes the check's output as an ancient input: ordered after it, never rerun by it."""
     text = (REPO / "workflow" / "rules" / "train.smk").read_text()

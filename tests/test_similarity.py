@@ -1,5 +1,6 @@
 """CCA / SVCCA / PWCCA / CKA / DFT-CCA against Google's reference values and invariances."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -347,3 +348,43 @@ def test_one_pass_statistics_match_two_pass_on_drifting_data():
     np.testing.assert_allclose(acc.mean_x, x.mean(0), rtol=1e-13)
     acc32 = S.CovarianceAccumulator.from_arrays(x, y, products="float32")
     np.testing.assert_allclose(acc32.syy / (9000 - 1), cov[7:, 7:], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- wide layers (issue 25.3)
+
+@pytest.mark.parametrize("n, w", [(120, 300), (300, 40)])   # both branches: n <= w (n x n Gram), n > w (w x w)
+def test_top_directions_are_the_leading_principal_components(n, w):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, w)) @ np.diag(np.linspace(3.0, 0.1, w)) + 5.0
+    k = 17
+    got = ST.top_directions(x, k)
+    u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    ref = u[:, :k] * s[:k]
+    # columns agree up to sign; float64 eigh vs SVD of a well-conditioned top block: 1e-8 of the scale
+    np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=1e-8 * s[0])
+
+
+def test_wide_layer_cca_in_its_top_directions_with_cka_in_full():
+    """A layer with fewer than r images per neuron: the CCA family in its top n // r directions (the
+    same as SVCCA with a fixed k), linear CKA in full, ``dims`` saying which; a narrow layer untouched."""
+    rng = np.random.default_rng(1)
+    n, w, r = 300, 200, 5
+    wide_a, wide_b = rng.standard_normal((n, w)), rng.standard_normal((n, w))   # unrelated: chance only
+    narrow_a = rng.standard_normal((n, 20))
+    narrow_b = narrow_a @ rng.standard_normal((20, 20)) + 0.5 * rng.standard_normal((n, 20))
+    ms = ["cca_mean", "svcca", "linear_cka"]
+    a, b = {"wide": wide_a, "narrow": narrow_a}, {"wide": wide_b, "narrow": narrow_b}
+    with pytest.warns(S.SampleSizeWarning):   # the full space: CCA on 1.5 images per neuron is inflated
+        full = {(x["layer"], x["measure"]): x for x in ST.layer_table(a, b, ms, chance=False)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", S.SampleSizeWarning)   # reduced: 5 images per direction, no warning
+        red = {(x["layer"], x["measure"]): x for x in ST.layer_table(a, b, ms, chance=False, images_per_dim=r)}
+    assert ST.reduced_dims(n, w, r) == 60 and ST.reduced_dims(n, 20, r) is None
+    assert red["wide", "cca_mean"]["dims"] == 60 and red["wide", "linear_cka"]["dims"] == full["wide", "cca_mean"]["dims"] == w
+    k_coefs = S.svcca_coefficients(wide_a, wide_b, 60).coefs
+    assert red["wide", "cca_mean"]["value"] == pytest.approx(float(np.mean(k_coefs)), rel=1e-6)
+    # the point of it: 1.5 images per neuron put chance CCA near 0.7, 5 per direction well below
+    assert full["wide", "cca_mean"]["value"] > 0.6 > 0.45 > red["wide", "cca_mean"]["value"]
+    assert red["wide", "linear_cka"]["value"] == full["wide", "linear_cka"]["value"]   # exact: the same computation
+    for m in ms:
+        assert red["narrow", m]["value"] == full["narrow", m]["value"] and red["narrow", m]["dims"] == 20  # exact: not reduced

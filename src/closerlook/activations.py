@@ -142,6 +142,33 @@ def iter_batches(model: nn.Module, layers, images, *, batch_size: int = 256, mea
         model.train(was_training)
 
 
+def layer_shapes(model: nn.Module, layers, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """``{display name: output shape of one image}`` (``(C, H, W)`` for a conv layer, ``(F,)`` for a
+    linear one) from one forward pass on the meta device: no memory, no weights read. ``model`` must
+    already live on the meta device (e.g. built under ``torch.device("meta")``)."""
+    names = resolve_layers(model, layers)
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook_for(name):
+        def hook(_mod, _inp, out):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            shapes[name] = tuple(int(d) for d in out.shape[1:])
+        return hook
+
+    handles = [modules[q].register_forward_hook(hook_for(n)) for n, q in names.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, *input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: shapes[n] for n in names if n in shapes}
+
+
 def capture(model: nn.Module, layers: Mapping[str, str] | Sequence[str] | None, images, *,
             batch_size: int = 256, mean=None, std=None, transform: Callable | None = None,
             mode: str = "pool", subsample: int = 1, seed: int = 0,

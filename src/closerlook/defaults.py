@@ -120,8 +120,13 @@ SHARPNESS_DEFAULTS: dict[str, Any] = {
 CHANCE_SHUFFLES = 20  # shuffles behind each chance level: p-values >= 1/21; K >= 99 for p < 0.01
 # the workflow's per-layer comparisons (config `similarity:`): measures, the shuffle-chance level from
 # `chance_shuffles` shuffles, and `subsamples` of the probe set (count B, size m; size null = half the set)
+# images_per_dim: null compares every layer in full; r compares the CCA family on a layer with fewer than r
+# images per neuron in its top n // r directions (closerlook.similarity_tables.reduced_dims); the model check
+# warns below MIN_IMAGES_PER_DIM images per compared dimension, where chance CCA nears 1 (issue 25.3)
+MIN_IMAGES_PER_DIM = 5
 COMPARISON_DEFAULTS = {"measures": ["cca_mean", "cca_mean98", "svcca", "linear_cka"], "chance": True,
-                       "chance_shuffles": CHANCE_SHUFFLES, "subsamples": {"count": 10, "size": None}}
+                       "chance_shuffles": CHANCE_SHUFFLES, "subsamples": {"count": 10, "size": None},
+                       "images_per_dim": None}
 
 
 # --------------------------------------------------------------------------- alignment (closerlook.align)

@@ -53,22 +53,62 @@ def similarity_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
     return mat, la, lb
 
 
-def _values(x: Any, y: Any, measures: Sequence[str], strict: bool = True) -> dict[str, float]:
+# the CCA family: inverts each side's covariance, so it needs several images per compared dimension
+# (chance CCA nears 1 as images / neurons nears 1); linear CKA inverts nothing and is computed in full
+REDUCIBLE = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "pwcca")
+
+
+def reduced_dims(n: int, width: int, images_per_dim: float | None) -> int | None:
+    """The directions a ``width``-wide layer is compared in when ``n`` images give fewer than
+    ``images_per_dim`` per dimension: ``n // images_per_dim`` (SVCCA's reduction with a fixed k);
+    None when the layer is narrow enough or no reduction is configured."""
+    if not images_per_dim or n >= float(images_per_dim) * width:
+        return None
+    return max(1, int(n // float(images_per_dim)))
+
+
+def top_directions(x: Any, k: int) -> np.ndarray:
+    """``x (n, w)`` centred and projected on its top-``k`` principal directions, float64 (``U_k S_k``).
+
+    The eigenproblem is solved on the smaller of the two Gram matrices (n x n or w x w), so a
+    4,096-wide layer seen on 2,500 images costs a 2,500-square eigendecomposition."""
+    a = np.asarray(x.detach().cpu() if _is_torch(x) else x, dtype=np.float64)
+    a = a - a.mean(axis=0)
+    if a.shape[0] <= a.shape[1]:
+        lam, u = np.linalg.eigh(a @ a.T)               # a a^T = U S^2 U^T
+        top = np.argsort(lam)[::-1][:k]
+        return u[:, top] * np.sqrt(np.clip(lam[top], 0.0, None))
+    lam, v = np.linalg.eigh(a.T @ a)                   # a^T a = V S^2 V^T; a V = U S
+    return a @ v[:, np.argsort(lam)[::-1][:k]]
+
+
+def _width(x: Any) -> int:
+    return int(x.shape[1]) if np.ndim(x) >= 2 else 1
+
+
+def _values(x: Any, y: Any, measures: Sequence[str], strict: bool = True,
+            images_per_dim: float | None = None) -> dict[str, float]:
     """Every measure of one pair of arrays; statistics-based measures share one accumulator.
 
     ``strict=False`` (subsamples): a measure that cannot be computed at this sample size (CCA with
-    fewer datapoints than neurons) gives NaN instead of raising."""
-    stat = [m for m in measures if m in _STAT_MEASURES and np.ndim(x) == 2 and np.ndim(y) == 2]
+    fewer datapoints than neurons) gives NaN instead of raising. ``images_per_dim``: the CCA family
+    (:data:`REDUCIBLE`) on a 2-D layer too wide for the images is computed in each side's top
+    :func:`reduced_dims` directions."""
+    k = reduced_dims(x.shape[0], max(_width(x), _width(y)), images_per_dim) if np.ndim(x) == np.ndim(y) == 2 else None
+    red = [m for m in measures if m in REDUCIBLE] if k else []
+    out = _values(top_directions(x, k), top_directions(y, k), red, strict) if red else {}
+    stat = [m for m in measures if m in _STAT_MEASURES and m not in red and np.ndim(x) == 2 and np.ndim(y) == 2]
     acc = CovarianceAccumulator.from_arrays(x, y) if stat else None
-    out = {}
     for m in measures:
+        if m in red:
+            continue
         try:
             out[m] = float(_STAT_MEASURES[m](acc)) if m in stat else measure(m, x, y)
         except ValueError:
             if strict:
                 raise
             out[m] = float("nan")
-    return out
+    return {m: out[m] for m in measures}
 
 
 def _take(a: Any, idx: np.ndarray) -> Any:
@@ -76,7 +116,7 @@ def _take(a: Any, idx: np.ndarray) -> Any:
 
 
 def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size: int | None,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+                  rng: np.random.Generator, images_per_dim: float | None = None) -> dict[str, np.ndarray]:
     """Per measure, the K values after shuffling ``y``'s datapoints (on a fresh random ``size``-subset each time)."""
     n = x.shape[0]
     vals: dict[str, list] = {m: [] for m in measures}
@@ -84,7 +124,8 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
         sub = np.sort(rng.choice(n, size, replace=False)) if size else np.arange(n)
         with warnings.catch_warnings():  # the inflation SampleSizeWarning names is what this measures
             warnings.simplefilter("ignore", SampleSizeWarning)
-            v = _values(_take(x, sub), _take(y, sub[rng.permutation(sub.size)]), measures, strict=size is None)
+            v = _values(_take(x, sub), _take(y, sub[rng.permutation(sub.size)]), measures, strict=size is None,
+                        images_per_dim=images_per_dim)
         for m in measures:
             vals[m].append(v[m])
     return {m: np.asarray(v, dtype=float) for m, v in vals.items()}
@@ -100,11 +141,11 @@ def subsample_indices(n: int, count: int, size: int | None, seed: int = 0) -> li
     return [np.sort(np.random.default_rng([seed, n, size, b]).choice(n, size, replace=False)) for b in range(int(count))]
 
 
-def _row(name, idx, m, sample, n_img, value, shuffles, exclude_within) -> dict:
+def _row(name, idx, m, sample, n_img, dims, value, shuffles, exclude_within) -> dict:
     finite = shuffles[np.isfinite(shuffles)]
     ch = float(np.mean(finite)) if finite.size else float("nan")
     return {"layer": name, "layer_index": idx, "measure": m, "sample": sample, "n_images": int(n_img),
-            "value": float(value), "chance": ch,
+            "dims": int(dims), "value": float(value), "chance": ch,
             "chance_low": float(finite.min()) if finite.size else float("nan"),
             "chance_high": float(finite.max()) if finite.size else float("nan"),
             "p_value": permutation_p(value, finite) if finite.size and np.isfinite(value) else float("nan"),
@@ -114,32 +155,43 @@ def _row(name, idx, m, sample, n_img, value, shuffles, exclude_within) -> dict:
 def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
                 measures: Sequence[str] = ("cca_mean98",), *, layers: Sequence[str] | None = None,
                 n_shuffles: int = CHANCE_SHUFFLES, seed: int = 0, chance: bool = True,
-                subsamples: Mapping | None = None, exclude_within: float = 0.0) -> list[dict]:
+                subsamples: Mapping | None = None, exclude_within: float = 0.0,
+                images_per_dim: float | None = None) -> list[dict]:
     """Rows of the similarity table of docs/DESIGN.md for the layers both stores share (same name),
     in ``acts_a``'s order: per layer and measure, ``sample = "all"`` (the whole probe set) and, with
     ``subsamples = {"count": B, "size": m}``, ``sample = "s0".."s<B-1>"`` (m images each, drawn without
     replacement, :func:`subsample_indices`). Each row: ``value``; ``chance`` = the mean over
     ``n_shuffles`` shuffles of one side's datapoints at that row's sample size (``chance_low`` /
     ``chance_high``: their min / max); ``p_value`` = the permutation p-value; ``calibrated`` =
-    ``(value - chance) / (1 - chance)`` (NaN when the chance level is within ``exclude_within`` of 1)."""
+    ``(value - chance) / (1 - chance)`` (NaN when the chance level is within ``exclude_within`` of 1);
+    ``dims`` = the dimensions each side was compared in: the layer's width, or, for the CCA family on a
+    layer with fewer than ``images_per_dim`` images per neuron at that sample size, its top
+    ``n_images // images_per_dim`` directions (:func:`reduced_dims`)."""
     names = list(layers if layers is not None else [k for k in acts_a if k in acts_b])
     sub = dict(subsamples or {})
     rows = []
     for idx, name in enumerate(names):
         x, y = acts_a[name], acts_b[name]
-        n = x.shape[0]
-        obs = _values(x, y, measures)
+        n, ipd = x.shape[0], images_per_dim
+
+        def dims(m: str, n_img: int) -> int:
+            w = min(_width(x), _width(y))
+            k = reduced_dims(n_img, max(_width(x), _width(y)), ipd) if m in REDUCIBLE and np.ndim(x) == 2 else None
+            return k or w
+
+        obs = _values(x, y, measures, images_per_dim=ipd)
         rng = np.random.default_rng(seed)
         none = {m: np.array([]) for m in measures}
-        shuf = _chance_stats(x, y, measures, n_shuffles, None, rng) if chance else none
-        rows += [_row(name, idx, m, "all", n, obs[m], shuf[m], exclude_within) for m in measures]
+        shuf = _chance_stats(x, y, measures, n_shuffles, None, rng, ipd) if chance else none
+        rows += [_row(name, idx, m, "all", n, dims(m, n), obs[m], shuf[m], exclude_within) for m in measures]
         if not int(sub.get("count") or 0):
             continue
         subs = subsample_indices(n, sub["count"], sub.get("size"), seed)
-        shuf_m = _chance_stats(x, y, measures, n_shuffles, subs[0].size, rng) if chance else none
+        shuf_m = _chance_stats(x, y, measures, n_shuffles, subs[0].size, rng, ipd) if chance else none
         for b, ix in enumerate(subs):
-            v = _values(_take(x, ix), _take(y, ix), measures, strict=False)
-            rows += [_row(name, idx, m, f"s{b}", ix.size, v[m], shuf_m[m], exclude_within) for m in measures]
+            v = _values(_take(x, ix), _take(y, ix), measures, strict=False, images_per_dim=ipd)
+            rows += [_row(name, idx, m, f"s{b}", ix.size, dims(m, ix.size), v[m], shuf_m[m], exclude_within)
+                     for m in measures]
     return rows
 
 
@@ -148,7 +200,7 @@ _SPATIAL_MEASURES = ("dft_cca_mean98",)
 
 def layer_rows(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str], *,
                chance: bool = True, n_shuffles: int = CHANCE_SHUFFLES, subsamples: Mapping | None = None,
-               seed: int = 0) -> list[dict]:
+               seed: int = 0, images_per_dim: float | None = None) -> list[dict]:
     """:func:`layer_table` for two activation stores' layers (those both have, in ``acts_a``'s order).
 
     Conv activations kept in full ``(N, C, H, W)`` go as they are to the spatial
@@ -162,7 +214,8 @@ def layer_rows(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: S
         return {k: (np.asarray(v, dtype=np.float64).mean(axis=(2, 3)) if np.ndim(v) == 4 else v)
                 for k, v in acts.items() if k in layers}
 
-    kw = dict(layers=layers, chance=chance, n_shuffles=n_shuffles, subsamples=subsamples, seed=seed)
+    kw = dict(layers=layers, chance=chance, n_shuffles=n_shuffles, subsamples=subsamples, seed=seed,
+              images_per_dim=images_per_dim)
     rows = []
     if flat:
         rows += layer_table(pooled(acts_a), pooled(acts_b), flat, **kw)

@@ -38,7 +38,7 @@ SHARPNESS_COLUMNS = ["t", "label", "loss", "grad_norm", "lambda_max", "lambda_mi
 ANCHORS = ("w1", "w2", "bend")
 # per-layer similarity between two activation stores: one row per layer, measure and sample
 # ("all" = the whole probe set, "s<b>" = subsample b), with the shuffle-chance level at that sample's size
-SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "sample", "n_images", "value", "chance",
+SIMILARITY_COLUMNS = ["a", "b", "layer", "layer_index", "measure", "sample", "n_images", "dims", "value", "chance",
                       "chance_low", "chance_high", "p_value", "calibrated", "status"]
 # ensembles (closerlook.ensembles): one row per method, one row per member; `members` = networks whose
 # softmax is averaged (1 for SWA), `snapshots` = networks behind it (SWA: averaged weights)

@@ -25,7 +25,8 @@ from .resolve import (Endpoint, endpoint_tag, run_names, resolve_run, data_spec,
                       lens_instances, lens_trajectory, sharpness_checkpoints, comparison_instances,
                       curve_aligns, curve_end, autoneb_curves, path_kinds, ensemble_base, ensemble_inst,
                       ensemble_curve, ensemble_members, ensemble_budgets, ensemble_training)
-from .validate import (validate_schema, load_config, validate_config, check_models, control_endpoints, check_curve_stop)
+from .validate import (validate_schema, load_config, validate_config, check_models, control_endpoints, check_curve_stop,
+                       sample_size_warnings)
 from .layouts import (figure_names, claim_figures, figure_formats, figure_files, figure_layout,
                       figure_options, claims_inputs, claims_input_files, control_layout)
 from .explain import (fidelity_settings, fidelity_pairs, explain_layout, check_explain_figures)  # added by explain

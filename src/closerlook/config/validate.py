@@ -287,6 +287,60 @@ def check_models(cfg: dict) -> list[str]:
     return list(cfg["runs"])
 
 
+def _compared_runs(cfg: dict) -> list[str]:
+    """The runs whose layers a similarity comparison or a similarity control compares, in config order."""
+    runs = {ep.run for name in similarity_settings(cfg)["comparisons"]
+            for pair in comparison_instances(cfg, name).values() for ep in pair}
+    runs |= {ep.run for ep in control_endpoints(cfg).values()}
+    return [r for r in cfg["runs"] if r in runs]
+
+
+def sample_size_warnings(cfg: dict) -> list[str]:
+    """Issue 25.3: one line per compared run and layer that the CCA family would see with fewer than
+    ``MIN_IMAGES_PER_DIM`` images per compared dimension (chance CCA then nears 1), at the probe set's
+    size and at the subsamples' size, after the ``similarity.images_per_dim`` reduction if configured.
+    Layer widths come from one forward pass on the meta device (:func:`closerlook.activations.layer_shapes`);
+    a model that cannot run there is named instead. Needs torch (the ``check_models`` job)."""
+    import torch
+
+    from .. import catalog, models
+    from ..activations import layer_shapes
+    from ..defaults import MIN_IMAGES_PER_DIM
+    from ..similarity_tables import reduced_dims
+    from .resolve import probe_size
+    from .settings import activation_settings
+
+    sim, act, n = similarity_settings(cfg), activation_settings(cfg), probe_size(cfg)
+    sub = sim.get("subsamples") or {}
+    sizes = [("the probe set", n)] + ([("a subsample", int(sub.get("size") or n // 2))] if sub.get("count") else [])
+    ipd, out, low = sim.get("images_per_dim"), [], {}
+    for run in _compared_runs(cfg):
+        spec = run_spec(cfg, run, _resolved(cfg, run)["seeds"][0])
+        dims = catalog.known_dims(spec["data"]["name"])
+        if dims is None:
+            continue
+        try:
+            with torch.device("meta"):
+                model = models.build_model(spec["model"], *dims)
+            shapes = layer_shapes(model, act.get("layers"), (dims[0], dims[2], dims[2]))
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run on meta is named, not fatal
+            out.append(f"runs.{run}: layer widths unknown (meta-device forward failed: {type(exc).__name__}: {exc})")
+            continue
+        for layer, shp in shapes.items():
+            per_image = int(act["subsample"]) if len(shp) == 3 and act["mode"] == "subsample" else 1
+            for what, size in sizes:
+                rows = size * per_image
+                k = reduced_dims(rows, shp[0], ipd) or shp[0]
+                if rows < MIN_IMAGES_PER_DIM * k:
+                    low.setdefault((layer, shp[0], what, rows, k), []).append(run)
+    for (layer, width, what, rows, k), runs in low.items():  # one line per layer and size, its runs listed
+        out.append(f"layer {layer} of runs {', '.join(runs)}: {width} wide, {rows} datapoints in {what} give "
+                   f"{rows / k:.1f} per compared dimension (< {MIN_IMAGES_PER_DIM}: chance CCA nears 1); set "
+                   f"similarity.images_per_dim: {MIN_IMAGES_PER_DIM} to compare the CCA family in its top "
+                   f"{rows // MIN_IMAGES_PER_DIM} directions, or raise data.probe_size")
+    return out
+
+
 def _control_endpoint(cfg: dict, ep: dict, key: str) -> Endpoint:
     if ep["run"] not in cfg["runs"]:
         raise ConfigError(f"config key {key}.run: no run named {ep['run']!r} (runs: {', '.join(cfg['runs'])})")

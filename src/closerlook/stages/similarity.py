@@ -13,7 +13,9 @@ from ..tables import SIMILARITY_COLUMNS, write_csv
 def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: tuple[str, str] = ("a", "b")) -> list[dict]:
     """The per-layer similarity table between two activation stores (layer i against layer i).
 
-    ``settings``: ``{"measures": [...], "chance": bool, "chance_shuffles": K, "subsamples": {"count", "size"}}``
+    ``settings``: ``{"measures": [...], "chance": bool, "chance_shuffles": K, "subsamples": {"count", "size"},
+    "images_per_dim": r}`` (r: the CCA family compares a layer narrower than n / r images in full, a wider
+    one in its top n // r directions)
     (defaults :data:`closerlook.similarity.COMPARISON_DEFAULTS`). Conv activations stored in full
     ``(N, C, H, W)`` go as they are to the spatial measures (DFT-CCA) and spatially averaged to
     the others. A store from a diverged checkpoint gives rows with NaN and ``status = diverged``.
@@ -31,7 +33,8 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     else:
         rows = [dict(r, status="ok") for r in layer_rows(acts_a, acts_b, measures, chance=bool(s["chance"]),
                                                          n_shuffles=int(s["chance_shuffles"]),
-                                                         subsamples=s.get("subsamples"))]
+                                                         subsamples=s.get("subsamples"),
+                                                         images_per_dim=s.get("images_per_dim"))]
     for r in rows:
         r["a"], r["b"] = labels
     df = pd.DataFrame(rows, columns=SIMILARITY_COLUMNS).sort_values(["layer_index", "measure"], kind="stable")
