@@ -174,3 +174,25 @@ def test_config_controls_block_resolves_and_refuses_bad_pairs():
     none = copy.deepcopy(cfg)
     del none["controls"]
     assert C.control_settings(none) == {} and C.control_layout(none) == {}
+
+
+def test_controls_reduce_wide_layers_as_the_similarity_table_does():
+    """similarity.images_per_dim reaches the controls (control_settings), and a control's value of a layer pair is
+    the similarity table's: the control tests the measure the claims are judged on (issue 25.3)."""
+    from pathlib import Path
+
+    from closerlook import config as C
+    from closerlook.similarity_tables import layer_table
+
+    rng = np.random.default_rng(0)
+    a = {"narrow": rng.standard_normal((300, 10)), "wide": rng.standard_normal((300, 200))}
+    b = {k: v + 0.5 * rng.standard_normal(v.shape) for k, v in a.items()}
+    ms = ["cca_mean", "linear_cka"]
+    mats = K.cross_matrix(a, b, ms, images_per_dim=5)
+    rows = layer_table(a, b, ms, chance=False, images_per_dim=5)
+    for r in rows:
+        i = ["narrow", "wide"].index(r["layer"])
+        assert mats[r["measure"]][i, i] == r["value"]  # exact: one computation, one code path
+    assert mats["cca_mean"][1, 1] != K.cross_matrix(a, b, ms)["cca_mean"][1, 1]   # the reduction took effect
+    cfg = C.load_config(Path(__file__).resolve().parents[1] / "config" / "cifar_lite.yaml")
+    assert C.control_settings(cfg)["images_per_dim"] == C.similarity_settings(cfg)["images_per_dim"] == 5

@@ -61,14 +61,16 @@ def pooled(acts: Mapping[str, Any], layers: Sequence[str] | None = None) -> dict
             for k in names}
 
 
-def _quiet_values(x: Any, y: Any, measures: Sequence[str]) -> dict[str, float]:
+def _quiet_values(x: Any, y: Any, measures: Sequence[str], images_per_dim: float | None = None) -> dict[str, float]:
+    """The similarity table's computation (wide layers reduced as ``similarity.images_per_dim`` says), so a
+    control tests the measure the claims are judged on."""
     with warnings.catch_warnings():  # wide layers against few images: the value is what it is, reported
         warnings.simplefilter("ignore", SampleSizeWarning)
-        return _values(x, y, measures, strict=False)
+        return _values(x, y, measures, strict=False, images_per_dim=images_per_dim)
 
 
 def cross_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str],
-                 layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                 layers: Sequence[str] | None = None, images_per_dim: float | None = None) -> dict[str, np.ndarray]:
     """Per measure, ``M[i, j] = measure(acts_a[layers[i]], acts_b[layers[j]])`` (NaN where it cannot be computed).
 
     Every measure of one layer pair shares one covariance accumulator."""
@@ -77,7 +79,7 @@ def cross_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures:
     mats = {m: np.full((len(names), len(names)), np.nan) for m in measures}
     for i, la in enumerate(names):
         for j, lb in enumerate(names):
-            v = _quiet_values(a[la], b[lb], measures)
+            v = _quiet_values(a[la], b[lb], measures, images_per_dim)
             for m in measures:
                 mats[m][i, j] = v[m]
     return mats
@@ -151,11 +153,12 @@ def _widths(acts: Mapping[str, Any], layers: Sequence[str]) -> list[int]:
 
 
 def identification(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str], *,
-                   level: float = CONTROL_DEFAULTS["level"], layers: Sequence[str] | None = None) -> dict:
+                   level: float = CONTROL_DEFAULTS["level"], layers: Sequence[str] | None = None,
+                   images_per_dim: float | None = None) -> dict:
     """The layer-identification control for every measure: ``{"layers", "widths", "threshold_count",
     "measures": {m: {"matrix", **identification_stats}}}``."""
     names = list(layers if layers is not None else [k for k in acts_a if k in acts_b])
-    mats = cross_matrix(acts_a, acts_b, measures, names)
+    mats = cross_matrix(acts_a, acts_b, measures, names, images_per_dim)
     widths = _widths(acts_a, names)
     return {"layers": names, "widths": widths, "level": float(level),
             "threshold_count": identification_threshold(len(names), level),
@@ -230,7 +233,7 @@ def reinitialise(model: Any, layers: Mapping[str, str], target: str, seed: int =
 
 def change_detection(acts_orig: Mapping[str, Any], acts_changed: Mapping[str, Any], measures: Sequence[str],
                      target: str, *, min_before: float = CONTROL_DEFAULTS["min_before"],
-                     max_target: float = CONTROL_DEFAULTS["max_target"]) -> dict:
+                     max_target: float = CONTROL_DEFAULTS["max_target"], images_per_dim: float | None = None) -> dict:
     """Every layer of the original against the network with ``target`` re-initialised, per measure.
 
     Returns ``{"layers", "target", "target_index", "rows": [{layer, layer_index, role, measure, value}],
@@ -242,7 +245,7 @@ def change_detection(acts_orig: Mapping[str, Any], acts_changed: Mapping[str, An
     a, b = pooled(acts_orig, names), pooled(acts_changed, names)
     rows = []
     for i, name in enumerate(names):
-        v = _quiet_values(a[name], b[name], measures)
+        v = _quiet_values(a[name], b[name], measures, images_per_dim)
         role = "before" if i < t else ("target" if i == t else "after")
         rows += [{"layer": name, "layer_index": i, "role": role, "measure": m, "value": float(v[m])} for m in measures]
     out = {}

@@ -90,11 +90,14 @@ def claim_rules(cfg: dict) -> dict:
 
 def control_settings(cfg: dict) -> dict:
     """The `controls:` block over closerlook.controls.CONTROL_DEFAULTS; `measures` defaults to the similarity
-    block's measures (the DFT measure, which needs full conv maps, is left out). {} when no control is configured."""
+    block's measures (the DFT measure, which needs full conv maps, is left out) and `images_per_dim` is always the
+    similarity block's. {} when no control is configured."""
     block = cfg.get("controls") or {}
     if not (block.get("identification") or block.get("change_detection")):
         return {}
     s = copy.deepcopy({**CONTROL_DEFAULTS, **block})
     if not s.get("measures"):
         s["measures"] = [m for m in similarity_settings(cfg)["measures"] if m != "dft_cca_mean98"]
+    # the controls compute each measure as the similarity table does (wide layers reduced alike)
+    s["images_per_dim"] = similarity_settings(cfg).get("images_per_dim")
     return s

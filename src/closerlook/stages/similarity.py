@@ -63,7 +63,8 @@ def similarity_controls(outputs: Mapping[str, str], settings: Mapping, *, stores
         if "diverged" in (meta_a.get("status"), meta_b.get("status")):
             rows += _diverged_controls("identification", measures)
         else:
-            ident = K.identification(acts_a, acts_b, measures, level=float(s["level"]))
+            ident = K.identification(acts_a, acts_b, measures, level=float(s["level"]),
+                                     images_per_dim=s.get("images_per_dim"))
     if ckpt:
         got = _reinitialised_acts(ckpt, s, act_settings or {}, data or {}, int(probe_size or 0), device, factories)
         if got is None:
@@ -71,7 +72,7 @@ def similarity_controls(outputs: Mapping[str, str], settings: Mapping, *, stores
         else:
             orig, changed, target = got
             change = K.change_detection(orig, changed, measures, target, min_before=float(s["min_before"]),
-                                        max_target=float(s["max_target"]))
+                                        max_target=float(s["max_target"]), images_per_dim=s.get("images_per_dim"))
     rows = K.controls_table(ident, change) + rows
     write_csv(pd.DataFrame(rows, columns=K.CONTROL_COLUMNS), outputs["controls"])
     write_csv(pd.DataFrame(K.identification_rows(ident) if ident else []), outputs["identification"])
