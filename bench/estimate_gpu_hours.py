@@ -67,7 +67,19 @@ def _layer_shapes(model_spec: dict, info: tuple[int, int, int]) -> list[tuple[in
     return [sh if len(sh) == 3 else (sh[0], 1, 1) for sh in shapes]
 
 
-def estimate(cfg: dict, curve_factor: float, f64_tflops: float) -> list[dict]:
+def curve_epochs(s: dict, n_tr: int, curve_steps: int | None) -> tuple[int, str]:
+    """A curve's fitting epochs: the config's cap, or, given ``curve_steps`` (optimiser steps to convergence
+    under the stopping rule, measured at a smaller scale and ASSUMED to carry over in steps, not epochs),
+    ceil(steps / steps per epoch) + the rule's patience checks, at most the cap."""
+    cap = int(s["epochs"])
+    if curve_steps is None:
+        return cap, "the cap"
+    per_epoch = -(-n_tr // int(s["batch_size"]))
+    patience = int((s.get("stop") or {}).get("patience", 0))
+    return min(cap, -(-int(curve_steps) // per_epoch) + patience), f"{curve_steps:,} steps / {per_epoch} per epoch + {patience}"
+
+
+def estimate(cfg: dict, curve_factor: float, f64_tflops: float, curve_steps: int | None = None) -> list[dict]:
     from closerlook import config as C
 
     n_tr, n_te = _sizes(cfg)
@@ -89,18 +101,22 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float) -> list[dict]:
     plane = 0.0
     n_inst = 0
     pts = 0
+    lengths = set()
     for cname in cfg.get("curves") or {}:
         s = C.curve_settings(cfg, cname)
         inst = len(C.curve_instances(cfg, cname))
         n_inst += inst
-        fit += inst * int(s["epochs"]) * curve_factor
+        e, how = curve_epochs(s, n_tr, curve_steps)
+        lengths.add(f"{e} ({how})")
+        fit += inst * e * curve_factor
         model = C.resolve_run(cfg, cfg["curves"][cname]["start"]["run"])["model"]
         n_eval_tr = int(s.get("eval_train_images") or n_tr)
         bn = n_eval_tr if _has_bn(model) else 0
         per_point = FWD * (bn + n_eval_tr + n_te) / n_tr
         evals += inst * 2 * int(s["points"]) * per_point
         pts += inst * 2 * int(s["points"])
-    rows.append({"stage": "curve fitting", "count": f"{n_inst} instances x epochs x {curve_factor:.2f} (curve/plain epoch)",
+    rows.append({"stage": "curve fitting", "count": f"{n_inst} instances x {' / '.join(sorted(lengths))} epochs x "
+                 f"{curve_factor:.2f} (curve/plain epoch)",
                  "epochs": fit})
     rows.append({"stage": "path evaluation", "count": f"{pts} points (curve + line) x (BN pass if BN + train + test forward)",
                  "epochs": evals})
@@ -184,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--curve-factor", type=float, default=None,
                     help="curve epoch / training epoch (default: results/bench/bench.json, else 1.2)")
     ap.add_argument("--f64-tflops", type=float, default=20.0)
+    ap.add_argument("--curve-steps", type=int, default=None,
+                    help="optimiser steps a curve fit takes to converge (stopping rule), measured at a smaller scale and "
+                         "assumed to carry over in steps (default: every curve runs to its epochs cap)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from closerlook import config as C
@@ -201,7 +220,7 @@ def main(argv=None) -> int:
         name, rng = item.split("=")
         lo, hi = (float(v) for v in rng.split(","))
         costs[name] = (lo, hi)
-    rows = estimate(cfg, cf, a.f64_tflops)
+    rows = estimate(cfg, cf, a.f64_tflops, a.curve_steps)
     if a.json:
         print(json.dumps({"rows": rows, "curve_factor": cf, "costs": costs}, indent=1))
     else:

@@ -318,6 +318,20 @@ def test_claim7_needs_fidelity(tmp_path):
     assert c["verdict"] == "inconclusive" and "distillation took effect" in c["reason"]
 
 
+def test_claim7_fidelity_premise_needs_more_than_sampling_noise(tmp_path):
+    """cifar_lite's student: +0.015 agreement on 1,000 test images, within its +-0.043 (1.96 SE): the premise
+    "distillation took effect" is not established, so claim 7 cannot be judged (it was judged before)."""
+    w = world(tmp_path)
+    df = pd.read_csv(w["fidelity"])
+    df.loc[df["student"] == "distilled", "agreement"] = 0.815    # independent 0.8: +0.015
+    df.to_csv(w["fidelity"], index=False)
+    c = claim(w, "7")
+    assert c["verdict"] == "inconclusive" and "distillation took effect" in c["reason"] and "1.96 SE" in c["reason"]
+    df.loc[df["student"] == "distilled", "agreement"] = 0.85     # +0.05 > 1.96 x 0.0174
+    df.to_csv(w["fidelity"], index=False)
+    assert claim(w, "7")["verdict"] == "reproduced"
+
+
 def test_claim7_names_runs_by_role(good):
     names = [p["name"] for p in claim(good, "7")["premises"] if p["name"].startswith("trained")]
     assert "trained: teacher (sgd1/seed0)" in names and "trained: distilled student (distilled/seed0)" in names

@@ -94,7 +94,9 @@ def num(x: Any) -> float | None:
 
 
 def finite(x: Any) -> bool:
-    return x is not None and not isinstance(x, bool) and isinstance(x, (int, float, np.floating)) and math.isfinite(x)
+    # numpy integers (a pandas column of counts) are numbers too; bools are not
+    return (x is not None and not isinstance(x, (bool, np.bool_))
+            and isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(x))
 
 
 # --------------------------------------------------------------------------- numbers

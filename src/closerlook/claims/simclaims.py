@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 
 from .. import verdicts as V
 from ..tables import read_table
@@ -203,9 +204,11 @@ def _run_roles(layout: Mapping, dist: str | None, indep: str | None) -> dict:
 
 def fidelity_premise(v: Verdict, inputs: Mapping) -> list:
     """Interface B: on the test split, the distilled student's top-1 agreement with the teacher exceeds the
-    independent student's and its KL(teacher || student) is lower, on every seed (paired by seed)."""
+    independent student's by more than its test-set sampling error (``acc_noise_z`` x :func:`verdicts.acc_diff_se`:
+    a premise within noise is not a checked premise) and its KL(teacher || student) is lower, on every seed."""
     name = "distillation took effect (fidelity to the teacher, test split)"
-    rule = "distilled - independent: agreement > 0 and KL < 0 on every seed"
+    z = float(v.rules.get("acc_noise_z", 1.96))
+    rule = f"distilled - independent: agreement - {z:g} SE (test-set sampling) > 0 and KL < 0 on every seed"
     path = (inputs or {}).get("fidelity")
     if not path:
         v.premise(name, False, "fidelity not measured", rule)
@@ -220,7 +223,8 @@ def fidelity_premise(v: Verdict, inputs: Mapping) -> list:
         if not bad.empty:
             v.premise(name, False, f"diverged: {', '.join(f'{r.student}/{r.seed}' for r in bad.itertuples())}", rule)
             return []
-    piv = {c: d.pivot_table(index="seed", columns="student", values=c, aggfunc="first") for c in ("agreement", "kl")}
+    cols = ("agreement", "kl", "n_images") if "n_images" in d.columns else ("agreement", "kl")
+    piv = {c: d.pivot_table(index="seed", columns="student", values=c, aggfunc="first") for c in cols}
     if not {"distilled", "independent"} <= set(piv["agreement"].columns):
         v.premise(name, False, "fidelity not measured for both students", rule)
         return []
@@ -230,8 +234,14 @@ def fidelity_premise(v: Verdict, inputs: Mapping) -> list:
         "KL(teacher || student) at T = 1, distilled - independent (nats)", dk)
     v.measured["fidelity (test split)"] = {c: {str(s): {k: _num(x) for k, x in row.items()} for s, row in piv[c].iterrows()}
                                            for c in piv}
-    holds = len(da) > 0 and bool((da > 0).all()) and len(dk) > 0 and bool((dk < 0).all())
-    v.premise(name, holds, f"agreement {V.effect_text(ea)}; KL {V.effect_text(ek)}", rule)
+    a = piv["agreement"]
+    n = piv["n_images"]["distilled"] if "n_images" in piv else pd.Series(float("nan"), index=a.index)
+    se = pd.Series({sd: V.acc_diff_se(float(a.at[sd, "distilled"]), float(a.at[sd, "independent"]), float(n.get(sd, float("nan"))))
+                    for sd in da.index}, dtype=float)
+    low = da - z * se   # NaN (n unknown) fails: the noise is not known
+    holds = len(da) > 0 and bool((low > 0).all()) and len(dk) > 0 and bool((dk < 0).all())
+    v.premise(name, holds, f"agreement {V.effect_text(ea)} (+-{z:g} SE: {', '.join(f'{x:.3g}' for x in z * se)}); "
+              f"KL {V.effect_text(ek)}", rule)
     return [ea, ek]
 
 
