@@ -245,3 +245,51 @@ def test_paper_sgdr_consumers_name_a_cycle_end():
                 assert not ep.get("final") and ep.get("epoch") in ends, (name, side, ep)
     for plane in cfg["planes"].values():
         assert plane["project"]["epochs"][-1] in ends
+
+
+# ---------------------------------------------------------------- issue 23.6: configs state what differs
+
+def _restated_defaults(path: Path) -> list[str]:
+    """Top-level keys of a config's default-carrying blocks whose value equals the library's default and whose
+    line carries no reason: no comment on the line, none on the line above (a comment block introducing it)."""
+    import yaml
+
+    from closerlook import defaults as D
+    from closerlook.config.settings import BLOCKS
+    from closerlook.verdicts import DEFAULT_RULES
+
+    from closerlook.config.resolve import _REQUIRED   # a run must state these: not defaults
+
+    run_defaults = {k: v for k, v in D.DEFAULTS.items() if k not in _REQUIRED}
+    owners = {"curve_defaults": BLOCKS["curves"], "defaults": [run_defaults], "controls": [D.CONTROL_DEFAULTS],
+              "claims": [DEFAULT_RULES], **{b: BLOCKS[b] for b in ("activations", "lenses", "sharpness", "similarity",
+                                                                  "align", "ensembles")}}
+    text = path.read_text().splitlines()
+    cfg = yaml.safe_load("\n".join(text))
+    bad = []
+    for block, layers in owners.items():
+        own, base = cfg.get(block), {k: v for layer in layers for k, v in (layer or {}).items()}
+        if not isinstance(own, dict):
+            continue
+        start = next(i for i, line in enumerate(text) if line.startswith(f"{block}:"))
+        for key, value in own.items():
+            if key not in base or base[key] != value:
+                continue
+            i = next(j for j in range(start + 1, len(text)) if text[j].startswith(f"  {key}:"))
+            above = text[i - 1].strip()
+            if "#" not in text[i] and not above.startswith("#"):
+                bad.append(f"{path.name}: {block}.{key} restates the default {value!r} without a reason")
+    return bad
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_configs_state_only_what_differs_from_the_defaults(name):
+    """Issue 23.6: a config states only what differs from the library's defaults; a restated default carries its
+    reason (a comment on its line or just above it), as the claims blocks' thresholds fixed in advance do."""
+    assert _restated_defaults(REPO / "config" / name) == []
+
+
+def test_a_restated_default_without_a_reason_is_found(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("similarity:\n  chance: true\n  chance_shuffles: 20   # K: p-values >= 1/21\n")
+    assert _restated_defaults(p) == ["c.yaml: similarity.chance restates the default True without a reason"]
