@@ -173,3 +173,15 @@ def test_store_whose_file_dtype_differs_from_meta_is_refused(tmp_path):
     np.save(tmp_path / "s" / "a.npy", np.ones((4, 2), dtype=np.float32))
     with pytest.raises(CheckpointError, match="dtype float32 != float16"):
         A.load_store(tmp_path / "s")
+
+
+def test_layer_shapes_on_the_meta_device_match_a_real_capture(model, images):
+    """layer_shapes (the check_models job's widths) from one meta-device forward: the shapes a real capture of
+    the same layers has, per image; the model's mode and hooks are left as they were."""
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18(num_classes=10, weights=None)
+    meta.train()
+    shapes = A.layer_shapes(meta, LAYERS, (3, 32, 32))
+    acts = A.capture(model, LAYERS, images, mode="full")
+    assert shapes == {n: tuple(a.shape[1:]) for n, a in acts.items()}
+    assert meta.training and not any(m._forward_hooks for m in meta.modules())

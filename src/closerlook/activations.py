@@ -112,15 +112,32 @@ def iter_batches(model: nn.Module, layers, images, *, batch_size: int = 256, mea
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     names = resolve_layers(model, layers)
     images = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
-    modules = dict(model.named_modules())
     store: dict[str, torch.Tensor] = {}
     current = {"start": 0}
 
+    def keep(name: str, out: torch.Tensor) -> None:
+        store[name] = _reduce(out, mode, subsample, seed, current["start"])
+
+    with _hooked(model, names, keep):
+        for start in range(0, images.shape[0], batch_size):
+            current["start"] = start
+            store.clear()
+            model(_prepare(images[start:start + batch_size], device, mean, std, transform))
+            missing = [n for n in names if n not in store]
+            if missing:
+                raise RuntimeError(f"layers {missing} produced no output in the forward pass")
+            yield start, {n: store[n].cpu().numpy() for n in names}
+
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, names: Mapping[str, str], on_output: Callable[[str, torch.Tensor], None]):
+    """Forward hooks on the named modules calling ``on_output(display name, output)`` (a tuple output: its first
+    element); meanwhile the model in eval mode without gradients; hooks and mode restored after."""
+    modules = dict(model.named_modules())
+
     def hook_for(name):
         def hook(_mod, _inp, out):
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            store[name] = _reduce(out, mode, subsample, seed, current["start"])
+            on_output(name, out[0] if isinstance(out, (tuple, list)) else out)
         return hook
 
     handles = [modules[q].register_forward_hook(hook_for(n)) for n, q in names.items()]
@@ -128,14 +145,7 @@ def iter_batches(model: nn.Module, layers, images, *, batch_size: int = 256, mea
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, images.shape[0], batch_size):
-                current["start"] = start
-                store.clear()
-                model(_prepare(images[start:start + batch_size], device, mean, std, transform))
-                missing = [n for n in names if n not in store]
-                if missing:
-                    raise RuntimeError(f"layers {missing} produced no output in the forward pass")
-                yield start, {n: store[n].cpu().numpy() for n in names}
+            yield
     finally:
         for h in handles:
             h.remove()
@@ -147,25 +157,9 @@ def layer_shapes(model: nn.Module, layers, input_shape: Sequence[int]) -> dict[s
     linear one) from one forward pass on the meta device: no memory, no weights read. ``model`` must
     already live on the meta device (e.g. built under ``torch.device("meta")``)."""
     names = resolve_layers(model, layers)
-    modules = dict(model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook_for(name):
-        def hook(_mod, _inp, out):
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            shapes[name] = tuple(int(d) for d in out.shape[1:])
-        return hook
-
-    handles = [modules[q].register_forward_hook(hook_for(n)) for n, q in names.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.empty(1, *input_shape, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with _hooked(model, names, lambda n, out: shapes.__setitem__(n, tuple(int(d) for d in out.shape[1:]))):
+        model(torch.empty(1, *input_shape, device="meta"))
     return {n: shapes[n] for n in names if n in shapes}
 
 
