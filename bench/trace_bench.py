@@ -26,6 +26,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench import register as _register
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = [
@@ -87,10 +89,8 @@ def run(pairs: int = 1, config: str = "config/demo.yaml", name: str = "lb_nowarm
 
 
 def register(rows: list, targets: dict, pairs: int = 1):
-    """Add this bench's rows to bench/run.py's table; returns the section to run."""
-    rows.extend(r for r in ROWS if r not in rows)
-    targets.update(TARGETS)
-    return lambda: run(pairs)
+    """This bench's rows and targets in bench/run.py's table; returns the section to run."""
+    return _register(rows, targets, ROWS, TARGETS, lambda: run(pairs))
 
 
 def main(argv=None) -> dict:
