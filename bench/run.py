@@ -20,7 +20,8 @@ Sections (each reuses the bench module named in its rows' "command" column):
   (:mod:`bench.similarity_bench`);
 - explanations: the CPU cost of lambda_max inside training (the demo's traced large-batch run with and
   without its trace; :mod:`bench.trace_bench`);
-- the workflow: ``snakemake -n`` on the paper config (``dryrun_paper_s``) and the
+- the workflow: ``snakemake -n`` on the paper config against a trivial DAG of the same size
+  (:mod:`bench.plan_bench`, ``plan_paper_s``: it replaced a separate ``dryrun_paper_s`` run) and the
   demo pipeline's wall time from scratch in a fresh temporary ``--directory``
   (``demo_wall_s``, about 10 minutes; ``--skip-demo`` or
   ``CLOSERLOOK_BENCH_SKIP_DEMO=1`` skips it).
@@ -77,21 +78,6 @@ def _load() -> str:
 def _snakemake() -> list[str]:
     exe = Path(sys.executable).with_name("snakemake")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "snakemake"]
-
-
-def dryrun_paper(repeats: int = 2) -> dict:
-    """``snakemake -n`` on the paper config in an empty directory (the whole DAG is pending)."""
-    times = []
-    with tempfile.TemporaryDirectory(prefix="closerlook-dryrun-") as d:
-        cmd = _snakemake() + ["-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config/config.yaml"),
-                              "--directory", d, "-n", "--quiet", "--cores", "1"]
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            times.append(time.perf_counter() - t0)
-            if p.returncode != 0:
-                return {"dryrun_paper_s": None, "dryrun_paper_error": (p.stderr or p.stdout)[-500:]}
-    return {"dryrun_paper_s": round(min(times), 2), "dryrun_paper_runs_s": [round(t, 2) for t in times]}
 
 
 def demo_wall(cores: int = 2, timeout_s: int = 3600) -> dict:
@@ -183,7 +169,6 @@ ROWS += [
     ("similarity", "cca_max_abs_diff_f64", "CCA max |ours - ref|, float64", "python -m bench.similarity_bench"),
     ("similarity", "cca_max_rel_diff_f32", "CCA max |ours - ref| / max |ref|, f32 products", "python -m bench.similarity_bench"),
     ("similarity", "stream_peak_mb", "streaming 50000x4096 layer: peak MB", "python -m bench.similarity_bench"),
-    ("workflow", "dryrun_paper_s", "snakemake -n, paper config, s", "snakemake -n (fresh --directory)"),
     ("workflow", "demo_wall_s", "demo pipeline from scratch, wall s (2 cores)",
      "snakemake --configfile config/demo.yaml --cores 2 (fresh --directory)"),
 ]
@@ -318,7 +303,6 @@ def main(argv=None) -> dict:
     if "explanations" in sections:
         section("trace", __import__("bench.trace_bench", fromlist=["register"]).register(ROWS, TARGETS))  # issue 27.1
     if "workflow" in sections:
-        section("dryrun", dryrun_paper)
         section("plan", __import__("bench.plan_bench", fromlist=["register"]).register(ROWS, TARGETS))  # issue 26.1
         if a.skip_demo:
             res["demo_wall_s"] = None
