@@ -1,0 +1,166 @@
+"""DFT-CCA for conv layers (Raghu et al. 2017; Google's ``dft_ccas.fourier_ccas``): CCA per spatial frequency.
+
+Part of :mod:`closerlook.similarity` (which re-exports :func:`dft_cca` and :class:`DFTCCAResult`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .similarity_core import (DEFAULT_RANK_TOL, _cca_solve, _check_products, _check_samples, _is_torch, _prep,
+                              _torch, mean_leading)
+
+__all__ = ["DFTCCAResult", "dft_cca"]
+
+@dataclass
+class DFTCCAResult:
+    """Per-spatial-frequency CCA of two conv layers.
+
+    ``coefs[i, j]``: CCA coefficients at frequency ``(freqs_h[i], freqs_w[j])``
+    (cycles per image, numpy ``fftfreq`` order, the overlapping low
+    frequencies when sizes differ); ``mean98[i, j]`` their Google summary;
+    ``value`` = mean of ``mean98`` over all frequencies (measure
+    ``dft_cca_mean98``); ``mean`` = mean of all coefficients.
+    """
+
+    coefs: np.ndarray
+    mean98: np.ndarray
+    freqs_h: np.ndarray
+    freqs_w: np.ndarray
+    value: float
+    mean: float
+
+
+def _kept_freqs(size: int, new: int) -> np.ndarray:
+    freqs = np.fft.fftfreq(size, d=1.0 / size)
+    return np.flatnonzero((freqs >= -new / 2.0) & (freqs < new / 2.0))
+
+
+def _as_4d(a: Any, name: str) -> Any:
+    a = _prep(a)
+    if a.ndim == 2:                 # (N, F): a 1x1 "image" (only the DC component)
+        a = a.reshape(a.shape[0], a.shape[1], 1, 1)
+    if a.ndim != 4:
+        raise ValueError(f"{name}: dft_cca expects (N, C, H, W) or (N, F), got {tuple(a.shape)}")
+    return a
+
+
+def _spectrum(a: Any, start: int, stop: int, h: int, w: int) -> Any:
+    """2-D DFT of images [start, stop), cut to the h x w overlapping low frequencies: (h*w, B, C)."""
+    b = a[start:stop]
+    if _is_torch(b):
+        torch = _torch()
+        f = torch.fft.fft2(b.to(torch.float64), dim=(2, 3))
+        ih = torch.as_tensor(_kept_freqs(b.shape[2], h), device=b.device)
+        iw = torch.as_tensor(_kept_freqs(b.shape[3], w), device=b.device)
+        f = f[:, :, ih][:, :, :, iw]
+        return f.permute(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1])
+    f = np.fft.fft2(np.asarray(b, dtype=np.float64), axes=(2, 3))
+    f = f[:, :, _kept_freqs(b.shape[2], h)][:, :, :, _kept_freqs(b.shape[3], w)]
+    return np.ascontiguousarray(f.transpose(2, 3, 0, 1).reshape(h * w, b.shape[0], b.shape[1]))
+
+
+def _conjugate_pairs(fh: np.ndarray, fw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rep, sel): each frequency's representative of its conjugate pair (f, -f), and the ones solved."""
+    h, w = len(fh), len(fw)
+    pos_h = {v: i for i, v in enumerate(fh)}
+    pos_w = {v: j for j, v in enumerate(fw)}
+    rep = np.empty(h * w, dtype=np.int64)
+    solve_list = []
+    for i in range(h):
+        for j in range(w):
+            k = i * w + j
+            pi, pj = pos_h.get(-fh[i]), pos_w.get(-fw[j])
+            partner = pi * w + pj if pi is not None and pj is not None else None
+            if partner is not None and partner < k:
+                rep[k] = partner
+            else:
+                rep[k] = k
+                solve_list.append(k)
+    return rep, np.asarray(solve_list)
+
+
+def _mean_spectrum(a: Any, h: int, w: int, sel: np.ndarray) -> Any:
+    """The spectrum of the mean image (= the mean spectrum), at the solved frequencies."""
+    mean = a.mean(0, keepdims=True) if not _is_torch(a) else a.to(_torch().float64).mean(0, keepdim=True)
+    return _spectrum(mean, 0, 1, h, w)[sel, 0]
+
+
+def _dft_scatter(x: Any, y: Any, h: int, w: int, sel: np.ndarray, batch_size: int, products: str):
+    """Centred complex scatter matrices (Sxx, Syy, Sxy) per solved frequency, accumulated over image batches."""
+    n, c1, c2 = x.shape[0], x.shape[1], y.shape[1]
+    mean_x, mean_y = _mean_spectrum(x, h, w, sel), _mean_spectrum(y, h, w, sel)
+    sxx = np.zeros((len(sel), c1, c1), np.complex128)
+    syy = np.zeros((len(sel), c2, c2), np.complex128)
+    sxy = np.zeros((len(sel), c1, c2), np.complex128)
+    sel_t = None
+    for start in range(0, n, batch_size):
+        fx, fy = _spectrum(x, start, start + batch_size, h, w), _spectrum(y, start, start + batch_size, h, w)
+        if _is_torch(fx):
+            torch = _torch()
+            if sel_t is None:
+                sel_t = torch.as_tensor(sel, device=fx.device)
+            cx = fx[sel_t] - torch.as_tensor(mean_x, device=fx.device)[:, None, :]
+            cy = fy[sel_t] - torch.as_tensor(mean_y, device=fy.device)[:, None, :]
+            if products == "float32":
+                cx, cy = cx.to(torch.complex64), cy.to(torch.complex64)
+            sxx += (cx.mH @ cx).cpu().numpy()
+            syy += (cy.mH @ cy).cpu().numpy()
+            sxy += (cx.mH @ cy).cpu().numpy()
+        else:
+            cx = fx[sel] - mean_x[:, None, :]
+            cy = fy[sel] - mean_y[:, None, :]
+            if products == "float32":
+                cx, cy = cx.astype(np.complex64), cy.astype(np.complex64)
+            cxh = np.conj(cx).transpose(0, 2, 1)
+            sxx += cxh @ cx
+            syy += np.conj(cy).transpose(0, 2, 1) @ cy
+            sxy += cxh @ cy
+    return sxx, syy, sxy
+
+
+def dft_cca(x: Any, y: Any, epsilon: float = 0.0, *, threshold: float = 0.98,
+            rank_tol: float | None = None, batch_size: int = 512,
+            products: str = "float64") -> DFTCCAResult:
+    """CCA per spatial frequency (Raghu et al. 2017; Google's ``dft_ccas.fourier_ccas``).
+
+    ``x (N, C1, H1, W1)``, ``y (N, C2, H2, W2)``: 2-D DFT over (H, W) of each
+    image and channel; when sizes differ both are cut to the overlapping low
+    frequencies ``f`` with ``-h/2 <= f < h/2`` (``h = min(H1, H2)``, per axis;
+    Google's rule, which it applied to square maps only).  At each frequency,
+    Google-compatible complex CCA over the N images (``C`` neurons each).
+    Statistics are accumulated over batches of images (the mean spectrum is
+    the spectrum of the mean image), so the complex spectra of the whole
+    probe set are never held at once.  Frequencies ``f`` and ``-f`` of real
+    input are complex conjugates and have identical coefficients; each pair
+    is solved once.  Exact for translation-invariant data; a circular shift
+    of any channel leaves every coefficient unchanged.
+    """
+    x = _as_4d(x, "x")
+    y = _as_4d(y, "y")
+    products = _check_products(products)
+    tol = DEFAULT_RANK_TOL[products] if rank_tol is None else float(rank_tol)
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"x and y must have the same datapoints: {n} != {y.shape[0]}")
+    h = min(x.shape[2], y.shape[2])
+    w = min(x.shape[3], y.shape[3])
+    _check_samples(n, x.shape[1], y.shape[1])
+    fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
+    fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
+    rep, sel = _conjugate_pairs(fh, fw)
+    sxx, syy, sxy = _dft_scatter(x, y, h, w, sel, batch_size, products)
+    kcoef = min(x.shape[1], y.shape[1])
+    coefs = np.zeros((h * w, kcoef))
+    m98 = np.zeros(h * w)
+    solved = {}
+    for t, k in enumerate(sel):
+        s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
+        solved[k] = np.pad(s, (0, kcoef - s.size))
+    for k in range(h * w):
+        coefs[k] = solved[rep[k]]
+        m98[k] = mean_leading(coefs[k], threshold)
+    coefs = coefs.reshape(h, w, kcoef)
+    m98 = m98.reshape(h, w)
+    return DFTCCAResult(coefs, m98, fh, fw, float(m98.mean()), float(coefs.mean()))
