@@ -162,7 +162,7 @@ def test_config_controls_block_resolves_and_refuses_bad_pairs():
 
     cfg = C.load_config("config/demo.yaml")
     s = C.control_settings(cfg)
-    assert s["measures"] == cfg["similarity"]["measures"] and s["level"] == 0.95  # exact: the default passed through, no arithmetic
+    assert s["measures"] == C.similarity_settings(cfg)["measures"] and s["level"] == 0.95  # exact: the default passed through, no arithmetic
     eps = C.control_endpoints(cfg)
     assert (eps["a"].seed, eps["b"].seed, eps["checkpoint"].tag) == (0, 1, "final")
     lay = C.control_layout(cfg)
