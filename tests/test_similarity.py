@@ -388,3 +388,22 @@ def test_wide_layer_cca_in_its_top_directions_with_cka_in_full():
     assert red["wide", "linear_cka"]["value"] == full["wide", "linear_cka"]["value"]   # exact: the same computation
     for m in ms:
         assert red["narrow", m]["value"] == full["narrow", m]["value"] and red["narrow", m]["dims"] == 20  # exact: not reduced
+
+
+def test_wide_layer_chance_reduces_the_whole_set_once(monkeypatch):
+    """The whole-set chance shuffles of a wide layer project each side once (shuffling commutes with the
+    projection), not once per shuffle, and give the values a per-shuffle projection gives."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((300, 200)), rng.standard_normal((300, 200))
+    calls = []
+    real = ST.top_directions
+    monkeypatch.setattr(ST, "top_directions", lambda a, k: calls.append(k) or real(a, k))
+    once = ST._chance_stats(x, y, ["cca_mean", "linear_cka"], 4, None, np.random.default_rng(0), 5)
+    assert calls == [60, 60]
+    ref = []
+    g = np.random.default_rng(0)
+    for _ in range(4):
+        p = g.permutation(300)
+        ref.append(float(np.mean(S.cca_coefficients(real(x, 60), real(y[p], 60)))))
+    # float64 eigendecompositions of a permuted Gram matrix: equal up to rounding
+    np.testing.assert_allclose(once["cca_mean"], ref, rtol=1e-8)

@@ -86,17 +86,26 @@ def _width(x: Any) -> int:
     return int(x.shape[1]) if np.ndim(x) >= 2 else 1
 
 
+def _pair_k(x: Any, y: Any, images_per_dim: float | None, n: int | None = None) -> int | None:
+    """:func:`reduced_dims` of a pair of 2-D layers seen on ``n`` images (default: their rows); None for others."""
+    if not (np.ndim(x) == np.ndim(y) == 2):
+        return None
+    return reduced_dims(x.shape[0] if n is None else n, max(_width(x), _width(y)), images_per_dim)
+
+
 def _values(x: Any, y: Any, measures: Sequence[str], strict: bool = True,
-            images_per_dim: float | None = None) -> dict[str, float]:
+            images_per_dim: float | None = None, reduced: tuple | None = None) -> dict[str, float]:
     """Every measure of one pair of arrays; statistics-based measures share one accumulator.
 
     ``strict=False`` (subsamples): a measure that cannot be computed at this sample size (CCA with
     fewer datapoints than neurons) gives NaN instead of raising. ``images_per_dim``: the CCA family
     (:data:`REDUCIBLE`) on a 2-D layer too wide for the images is computed in each side's top
-    :func:`reduced_dims` directions."""
-    k = reduced_dims(x.shape[0], max(_width(x), _width(y)), images_per_dim) if np.ndim(x) == np.ndim(y) == 2 else None
+    :func:`reduced_dims` directions (``reduced``: those projections, when the caller has them already)."""
+    k = _pair_k(x, y, images_per_dim)
     red = [m for m in measures if m in REDUCIBLE] if k else []
-    out = _values(top_directions(x, k), top_directions(y, k), red, strict) if red else {}
+    if red:
+        xr, yr = reduced if reduced is not None else (top_directions(x, k), top_directions(y, k))
+    out = _values(xr, yr, red, strict) if red else {}
     stat = [m for m in measures if m in _STAT_MEASURES and m not in red and np.ndim(x) == 2 and np.ndim(y) == 2]
     acc = CovarianceAccumulator.from_arrays(x, y) if stat else None
     for m in measures:
@@ -117,15 +126,22 @@ def _take(a: Any, idx: np.ndarray) -> Any:
 
 def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size: int | None,
                   rng: np.random.Generator, images_per_dim: float | None = None) -> dict[str, np.ndarray]:
-    """Per measure, the K values after shuffling ``y``'s datapoints (on a fresh random ``size``-subset each time)."""
+    """Per measure, the K values after shuffling ``y``'s datapoints (on a fresh random ``size``-subset each time).
+
+    On the whole set a wide layer is reduced once: shuffling rows commutes with centring and projecting, so
+    the shuffled side's projection is the projection's rows shuffled (a subset is reduced afresh each time)."""
     n = x.shape[0]
+    k = None if size else _pair_k(x, y, images_per_dim)
+    base = (top_directions(x, k), top_directions(y, k)) if k and set(measures) & set(REDUCIBLE) else None
     vals: dict[str, list] = {m: [] for m in measures}
     for _ in range(int(n_shuffles)):
         sub = np.sort(rng.choice(n, size, replace=False)) if size else np.arange(n)
+        perm = rng.permutation(sub.size)
+        red = None if base is None else (base[0], base[1][perm])
         with warnings.catch_warnings():  # the inflation SampleSizeWarning names is what this measures
             warnings.simplefilter("ignore", SampleSizeWarning)
-            v = _values(_take(x, sub), _take(y, sub[rng.permutation(sub.size)]), measures, strict=size is None,
-                        images_per_dim=images_per_dim)
+            v = _values(_take(x, sub), _take(y, sub[perm]), measures, strict=size is None,
+                        images_per_dim=images_per_dim, reduced=red)
         for m in measures:
             vals[m].append(v[m])
     return {m: np.asarray(v, dtype=float) for m, v in vals.items()}
@@ -175,9 +191,8 @@ def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
         n, ipd = x.shape[0], images_per_dim
 
         def dims(m: str, n_img: int) -> int:
-            w = min(_width(x), _width(y))
-            k = reduced_dims(n_img, max(_width(x), _width(y)), ipd) if m in REDUCIBLE and np.ndim(x) == 2 else None
-            return k or w
+            k = _pair_k(x, y, ipd, n_img) if m in REDUCIBLE else None
+            return k or min(_width(x), _width(y))
 
         obs = _values(x, y, measures, images_per_dim=ipd)
         rng = np.random.default_rng(seed)
