@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import register as _register
+from bench import register as _register, snakemake_env
 
 ROOT = Path(__file__).resolve().parents[1]
 N_RULES = 12  # the reference's rule count, `all` included (the issue's "12 trivial rules")
@@ -58,13 +58,13 @@ def trivial_snakefile(n_jobs: int, n_rules: int = N_RULES) -> str:
     return "\n".join(lines)
 
 
-def dry_run(args: list[str], quiet: bool = True) -> tuple[float, float, float, str]:
+def dry_run(args: list[str], quiet: bool = True, env: dict | None = None) -> tuple[float, float, float, str]:
     """(wall s, CPU s, peak RSS MiB, output) of one ``snakemake -n`` process in a fresh empty directory
     (``quiet``: ``--quiet``, as timed; otherwise the job table is printed, for counting)."""
     with tempfile.TemporaryDirectory(prefix="closerlook-plan-") as d:
         cmd = snakemake_cmd() + args + ["--directory", d, "-n", "--cores", "1"] + (["--quiet"] if quiet else [])
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         out = p.stdout.read()
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
@@ -83,17 +83,18 @@ def job_count(output: str) -> int:
 
 
 def run(pairs: int = 5, configfile: str = "config/config.yaml") -> dict:
+    env = snakemake_env()
     paper = ["-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / configfile)]
-    n = job_count(dry_run(paper, quiet=False)[3])  # also warms the file cache; its job count sizes the reference
+    n = job_count(dry_run(paper, quiet=False, env=env)[3])  # also warms the file cache; its job count sizes the reference
     with tempfile.TemporaryDirectory(prefix="closerlook-trivial-") as d:
         ref = Path(d) / "Snakefile"
         ref.write_text(trivial_snakefile(n))
         trivial = ["-s", str(ref)]
-        n_ref = job_count(dry_run(trivial, quiet=False)[3])
+        n_ref = job_count(dry_run(trivial, quiet=False, env=env)[3])
         runs: dict[str, list[tuple]] = {"paper": [], "trivial": []}
         for _ in range(pairs):
             for side, args in (("paper", paper), ("trivial", trivial)):
-                runs[side].append(dry_run(args)[:3])
+                runs[side].append(dry_run(args, env=env)[:3])
     (ps, pcpu, prss), (ts, tcpu, trss) = (list(zip(*runs["paper"])), list(zip(*runs["trivial"])))
     ratios = [p / t for p, t in zip(ps, ts)]
     med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731

@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import snakemake_env
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = ".venv/bin/python"
 
@@ -87,7 +89,7 @@ def demo_wall(cores: int = 2, timeout_s: int = 3600) -> dict:
                           "--directory", d, "--cores", str(cores), "--quiet"]
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=snakemake_env())
         rc, err = p.returncode, (p.stderr or "")[-800:]
     except subprocess.TimeoutExpired:
         rc, err = "timeout", f"stopped after {timeout_s} s"

@@ -75,3 +75,28 @@ def test_trace_bench_registers_its_rows_and_refuses_an_untraced_run():
     assert "| explanations | trace CPU-s / untraced run CPU-s | 1.4 |" in table({"trace_over_train": 1.4})
     with pytest.raises(ValueError, match=r"runs\.sgd has no sharpness_trace"):
         trace_bench.run(config="config/demo.yaml", name="sgd")
+
+
+def _fake_scontrol(tmp_path, ping_rc: int):
+    d = tmp_path / f"bin{ping_rc}"
+    d.mkdir()
+    # a real `scontrol` without a controller answers `ping` at once but waits on `show config`
+    (d / "scontrol").write_text(f"#!/bin/sh\n[ \"$1\" = ping ] && exit {ping_rc}\nsleep 30\n")
+    (d / "scontrol").chmod(0o755)
+    return d
+
+
+def test_snakemake_env_shadows_scontrol_only_when_no_controller_answers(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import subprocess
+
+    from bench import snakemake_env
+    monkeypatch.setenv("PATH", f"{_fake_scontrol(tmp_path, 0)}{os.pathsep}{os.environ['PATH']}")
+    assert snakemake_env()["PATH"] == os.environ["PATH"]      # controller up: nothing changes
+    monkeypatch.setenv("PATH", f"{_fake_scontrol(tmp_path, 1)}{os.pathsep}{os.environ['PATH']}")
+    env = snakemake_env()
+    stub = shutil.which("scontrol", path=env["PATH"])
+    assert stub and not stub.startswith(str(tmp_path))
+    p = subprocess.run([stub, "show", "config"], env=env, capture_output=True, timeout=10)
+    assert p.returncode != 0 and b"no SLURM controller" in p.stderr   # the plugin's failure, without its wait
