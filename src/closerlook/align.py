@@ -45,9 +45,11 @@ from torch.func import functional_call
 from .align_fx import derive
 from .align_spec import AlignError, Axis, Mixed, PermSpec, _names  # noqa: F401 - re-exported: the public names
 from .data import batches_of
+from .io import ConfigError
 from .defaults import ALIGN_DEFAULTS, CURVE_ALIGN_DEFAULT  # noqa: F401 (torch-free: planning imports no torch)
 from .landscape import evaluate_point
 from .models import VGG, ResNet18
+from .settings_types import AlignSettings
 from .tables import PATH_COLUMNS
 
 METHODS = ("weights", "none")
@@ -266,9 +268,10 @@ def weight_matching(spec: PermSpec, a: Mapping[str, torch.Tensor], b: Mapping[st
 def align(module: nn.Module, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
           settings: Mapping | None = None) -> dict[str, torch.Tensor]:
     """``b`` permuted to match ``a`` (``settings``: :data:`ALIGN_DEFAULTS` keys); ``method: none`` returns b."""
-    s = {**ALIGN_DEFAULTS, **(settings or {})}
-    if s["method"] not in METHODS:
-        raise AlignError(f"align.method: {s['method']!r} is not one of {', '.join(METHODS)}")
+    try:
+        s = AlignSettings.of(settings)
+    except ConfigError as e:   # the caller catches the alignment's own error
+        raise AlignError(str(e)) from e
     if s["method"] == "none":
         return dict(b)
     spec = permutation_spec(module)

@@ -34,11 +34,17 @@ from torch.func import functional_call
 
 from .curves import CurveError, Layout, check_t
 from .data import batches_of
-from .io import ConfigError, load_checkpoint, save_checkpoint
-from .defaults import AUTONEB_DEFAULTS, AUTONEB_KEYS as KEYS, check_autoneb_settings as check_settings  # noqa: F401 (torch-free: planning imports no torch)
+from .io import load_checkpoint, save_checkpoint
+from .defaults import AUTONEB_DEFAULTS, AUTONEB_KEYS as KEYS  # noqa: F401 (torch-free: planning imports no torch)
+from .settings_types import AutonebSettings
 
 
 LossOf = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def check_settings(settings: Mapping | None, key: str = "autoneb") -> AutonebSettings:
+    """AUTONEB_DEFAULTS < ``settings``, checked (ConfigError naming ``key.<name>``); resolved ones pass through."""
+    return AutonebSettings.of(settings, key=key)
 
 
 # --------------------------------------------------------------------------- the band

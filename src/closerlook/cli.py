@@ -18,9 +18,11 @@ from typing import Sequence
 import torch
 
 from . import stages
-from .curves import FIT_DEFAULTS, SCHEDULES, STOP_DEFAULTS, T_SAMPLINGS
+from .curves import FIT_DEFAULTS, SCHEDULES, T_SAMPLINGS
 from .io import CheckpointError, CloserlookError, ConfigError
+from .defaults import PLANE_DEFAULTS
 from .landscape import PATH_DEFAULTS
+from .settings_types import StopRule
 from .spec import load_spec, set_key
 from .train import train_run
 
@@ -105,7 +107,7 @@ def _curves_parser() -> argparse.ArgumentParser:
                    help="the stopping rule: stop when the max loss over --stop-ts has not fallen by more "
                         "than this (nats) for --stop-patience checks")
     f.add_argument("--no-stop", action="store_true", help="no stopping rule: always --epochs (not with --schedule plateau)")
-    sd = {**STOP_DEFAULTS, **d["stop"]}
+    sd = StopRule.of(d["stop"])
     for flag, key in (("--stop-patience", "patience"), ("--stop-every", "every"), ("--stop-images", "images")):
         f.add_argument(flag, type=int, default=sd[key])
     f.add_argument("--stop-ts", type=float, nargs="+", default=sd["ts"])
@@ -124,8 +126,10 @@ def _curves_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", nargs="*", default=[], help="checkpoints to project (label = file stem)")
     p.add_argument("--labels", nargs="*", default=None, help="labels of the --project checkpoints (default: file stems)")
     p.add_argument("--out-dir", required=True, help="writes grid.csv and points.csv")
-    p.add_argument("--grid-points", type=int, nargs="+", default=[21])
-    p.add_argument("--margin", type=float, nargs="+", default=[0.2])
+    p.add_argument("--grid-points", type=int, nargs="+", default=None,
+                   help=f"n (an n x n grid) or n_u n_v (default {PLANE_DEFAULTS['grid']})")
+    p.add_argument("--margin", type=float, nargs="+", default=None,
+                   help=f"one value, or four (left right bottom top) (default {PLANE_DEFAULTS['margin']})")
     _add_data_args(p)
     return ap
 
@@ -182,10 +186,15 @@ def curves_main(argv: Sequence[str] | None = None) -> int:
             stages.evaluate_path(args.start, args.end, args.out, {"points": args.points, **common}, data,
                                  curve=args.curve, device=args.device, log=log, factories=allow)
         else:
-            if len(args.margin) not in (1, 4):
-                raise ConfigError("--margin: give one value or four (left right bottom top)")
-            settings = {"grid": args.grid_points[:2], "margin": args.margin[0] if len(args.margin) == 1 else args.margin,
-                        **common}
+            settings = dict(common)
+            if args.grid_points is not None:
+                if len(args.grid_points) not in (1, 2):
+                    raise ConfigError("--grid-points: give n (an n x n grid) or n_u n_v")
+                settings["grid"] = args.grid_points * 2 if len(args.grid_points) == 1 else args.grid_points
+            if args.margin is not None:
+                if len(args.margin) not in (1, 4):
+                    raise ConfigError("--margin: give one value or four (left right bottom top)")
+                settings["margin"] = args.margin[0] if len(args.margin) == 1 else args.margin
             stages.plane(args.w1, args.w2, args.bend, args.out_dir, settings, data, project=args.project,
                          labels=args.labels, device=args.device, log=log, factories=allow)
     except CloserlookError as exc:

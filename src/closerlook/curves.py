@@ -49,6 +49,7 @@ from .data import batches_of
 from .devices import resolve_device
 from .io import ConfigError, load_checkpoint, save_checkpoint
 from .curve_steps import T_SAMPLINGS, batch_gradient, point_loss, sample_ts  # noqa: F401  (re-exported)
+from .settings_types import StopRule
 from .tables import write_csv
 from .defaults import FIT_DEFAULTS, STOP_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 # the curve model (re-exported: closerlook.curves.X keeps working for every name)
@@ -189,21 +190,10 @@ def _stop_rule(stop: Mapping | None, monitor: Callable | None) -> dict | None:
     """The stopping rule completed with :data:`STOP_DEFAULTS` (checked), or None when off."""
     if stop is None:
         return None
-    unknown = sorted(set(stop) - set(STOP_DEFAULTS) - {"min_delta"})
-    if unknown:
-        raise ConfigError(f"stop: unknown key(s) {', '.join(unknown)} (known: min_delta, {', '.join(STOP_DEFAULTS)})")
-    rule = {**STOP_DEFAULTS, **stop}
-    if not isinstance(rule.get("min_delta"), (int, float)) or isinstance(rule["min_delta"], bool) \
-            or not math.isfinite(rule["min_delta"]) or rule["min_delta"] < 0:
-        raise ConfigError(f"stop.min_delta: must be a number >= 0 (nats), got {rule.get('min_delta')!r}")
-    for k in ("patience", "every", "images"):
-        if isinstance(rule[k], bool) or not isinstance(rule[k], int) or rule[k] < 1:
-            raise ConfigError(f"stop.{k}: must be an integer >= 1, got {rule[k]!r}")
+    rule = dict(StopRule.of(stop))
     if monitor is None:
         raise ConfigError("stop: a stopping rule needs a monitor (curve -> max loss over the rule's t values)")
     rule["ts"] = [check_t(t) for t in rule["ts"]]
-    if not rule["ts"]:
-        raise ConfigError("stop.ts: needs at least one t value")
     rule["min_delta"] = float(rule["min_delta"])
     return rule
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .io import ConfigError
-
 
 # --------------------------------------------------------------------------- run specs (closerlook.spec)
 DEFAULTS: dict[str, Any] = {
@@ -146,25 +144,7 @@ AUTONEB_DEFAULTS: dict[str, Any] = {
     "init_pivots": 1, "insert_points": 5, "insert_per_cycle": 1, "insert_tol": 0.0, "batch_size": 128,
     "eval_batches": 4, "weight_decay": 0.0, "seed": 0,
 }
-AUTONEB_KEYS = set(AUTONEB_DEFAULTS)
-
-
-def check_autoneb_settings(settings: Mapping, key: str = "autoneb") -> dict:
-    """The settings completed with the defaults; ConfigError naming ``key.<name>`` when one is wrong."""
-    s = {**AUTONEB_DEFAULTS, **settings}
-    for name in ("cycles", "steps", "insert_points", "batch_size", "eval_batches"):
-        if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 1:
-            raise ConfigError(f"{key}.{name}: must be an integer >= 1, got {s[name]!r}")
-    for name in ("init_pivots", "insert_per_cycle"):
-        if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 0:
-            raise ConfigError(f"{key}.{name}: must be an integer >= 0, got {s[name]!r}")
-    for name in ("lr", "lr_decay"):
-        if not (isinstance(s[name], (int, float)) and s[name] > 0):
-            raise ConfigError(f"{key}.{name}: must be a number > 0, got {s[name]!r}")
-    for name in ("momentum", "spring", "insert_tol", "weight_decay"):
-        if not (isinstance(s[name], (int, float)) and s[name] >= 0):
-            raise ConfigError(f"{key}.{name}: must be a number >= 0, got {s[name]!r}")
-    return s
+AUTONEB_KEYS = set(AUTONEB_DEFAULTS)  # checked by closerlook.settings_types.AutonebSettings
 
 
 # --------------------------------------------------------------------------- ensembles (closerlook.ensembles)
@@ -183,6 +163,14 @@ def resolve_lrs(settings: Mapping, base_lr: float) -> dict[str, float]:
     lr_max = float(settings["fge"].get("lr_max") or base_lr)
     return {"lr_max": lr_max, "lr_min": float(settings["fge"].get("lr_min") or lr_max * FGE_LR_MIN_RATIO),
             "swa_lr": float(settings["swa"].get("lr") or base_lr * SWA_LR_RATIO)}
+
+# --------------------------------------------------------------------------- fidelity (closerlook.fidelity)
+# the students' fidelity to their teacher (config `fidelity:`), measured where fig6_distill is configured
+FIDELITY_DEFAULTS: dict[str, Any] = {
+    "train_images": None,   # the first N training images (None: all of the training subset)
+    "batch_size": 500,
+    "temperature": 1.0,     # Stanton et al.'s fidelity metrics are at T = 1
+}
 
 # config block `controls:` (all optional but the endpoints). `measures: null` = the similarity block's
 # measures. Thresholds are fixed here or in the config, never fitted to the activations they gate.

@@ -39,6 +39,7 @@ from . import verdicts as V
 from .data import batches_of
 from .io import ConfigError
 from .landscape import recompute_bn
+from .settings_types import EnsembleSettings
 from .similarity import linear_cka
 from .tables import ENSEMBLE_COLUMNS, MEMBER_COLUMNS, read_table
 from .defaults import ENSEMBLE_DEFAULTS, FGE_LR_MIN_RATIO, SWA_LR_RATIO, resolve_lrs  # noqa: F401 (torch-free: planning imports no torch)
@@ -219,7 +220,7 @@ def evaluate_ensembles(module: nn.Module, members: Mapping[str, Sequence[tuple[s
 
     ``members``: method -> [(label, state dict or None when that member's run diverged)];
     ``snapshots``: method -> networks behind it when not its member count (SWA: the averaged snapshots)."""
-    s = {**ENSEMBLE_DEFAULTS, **(settings or {})}
+    s = EnsembleSettings.of(settings)
     snapshots = snapshots or {}
     rows, mrows = [], []
     for method, mem in members.items():

@@ -21,11 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-FIDELITY_DEFAULTS: dict[str, Any] = {
-    "train_images": None,   # the first N training images (None: all of the training subset)
-    "batch_size": 500,
-    "temperature": 1.0,     # Stanton et al.'s fidelity metrics are at T = 1
-}
+from .defaults import FIDELITY_DEFAULTS  # noqa: F401 (its owner is the torch-free defaults table)
+
 STUDENTS = ("distilled", "independent")
 SPLITS = ("test", "train")
 COLUMNS = ("student", "seed", "split", "agreement", "kl", "n_images", "status")

@@ -2,21 +2,18 @@
 and the in-training sharpness trajectories (fig10_warmup_sharpness)."""
 from __future__ import annotations
 
-import copy
-
 from .. import paths
 from ..io import ConfigError
+from ..settings_types import FidelitySettings
 from .resolve import comparison_instances, resolve_run
 
 
-def fidelity_settings(cfg: dict) -> dict | None:
+def fidelity_settings(cfg: dict) -> FidelitySettings | None:
     """The students' fidelity (closerlook.fidelity) is measured where fig6_distill is configured: its
     ``FIDELITY_DEFAULTS`` < the config's optional ``fidelity:`` block (None: not measured)."""
-    from ..fidelity import FIDELITY_DEFAULTS
-
     if "fig6_distill" not in (cfg.get("figures") or {}):
         return None
-    return {**FIDELITY_DEFAULTS, **copy.deepcopy(cfg.get("fidelity") or {})}
+    return FidelitySettings.of(cfg.get("fidelity"))
 
 
 def fidelity_pairs(cfg: dict) -> list[dict]:

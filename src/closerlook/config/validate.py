@@ -19,6 +19,7 @@ from .resolve import (_resolved, Endpoint, _endpoint_epochs, endpoint_tag, auton
                       lens_trajectory, plane_projection, run_spec, sharpness_checkpoints,
                       teacher_endpoint)
 from .explain import check_explain_figures
+from ..settings_types import StopRule
 from .settings import autoneb_settings, control_settings, ensemble_settings, similarity_settings
 
 
@@ -375,7 +376,6 @@ def check_curve_stop(cfg: dict) -> None:
     0.1) and ``stop.patience`` at least 2 checks; and its lr schedule must not scale with the cap
     (``epochs``): Garipov's schedule would stop at the peak lr under a large cap. Raises ConfigError
     naming the key (the curve's own, else ``curve_defaults``)."""
-    from ..defaults import STOP_DEFAULTS
     from ..verdicts import DEFAULT_RULES
     from .settings import claim_rules, curve_settings
 
@@ -399,7 +399,7 @@ def check_curve_stop(cfg: dict) -> None:
         if isinstance(md, (int, float)) and md > bmin / 10 + 1e-12:
             raise ConfigError(f"config key {where('stop', 'min_delta')}: {md:g} nats is looser than a tenth of "
                               f"claims.barrier_min_nats ({bmin / 10:g}); a curve stopped by such a rule is not converged")
-        pat = {**STOP_DEFAULTS, **stop}.get("patience")
+        pat = StopRule.of(stop, key=where("stop"))["patience"]
         if isinstance(pat, int) and pat < 2:
             raise ConfigError(f"config key {where('stop', 'patience')}: {pat} check(s); the stopping rule needs "
                               f"patience >= 2 (one flat check is noise)")

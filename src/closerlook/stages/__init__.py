@@ -3,8 +3,10 @@
 Each script in ``scripts/`` reads ``snakemake.*`` and calls one of these inside
 :func:`closerlook.jobs.job`; the command lines (``python -m closerlook.train``,
 ``python -m closerlook.curves fit|evaluate|plane``, in :mod:`closerlook.cli`) are thin wrappers over them
-as well. Settings are the dicts :mod:`closerlook.config` resolves (a curve's
-settings, a plane's, the activation and similarity blocks); data is the
+as well. Settings are the typed objects :mod:`closerlook.config` resolves once
+(:mod:`closerlook.settings_types`: a curve's ``CurveSettings``, a plane's, the activation and similarity
+blocks); a stage also takes a partial plain mapping (``XSettings.of`` fills the defaults, the one merge)
+and passes a resolved object through unchanged; data is the
 ``data`` block of a run spec. A stage whose input checkpoint diverged writes
 its outputs marked ``diverged`` (NaN numbers) instead of failing, so nothing
 downstream crashes.

@@ -10,6 +10,7 @@ from ..devices import resolve_device
 from ..io import ConfigError, save_checkpoint
 from ..tables import write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders
+from ..settings_types import CurveSettings
 
 
 def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = print,
@@ -44,7 +45,7 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
     REPAIRed (``"repaired"``, networks without BN; statistics from the first ``repair_images`` training images)."""
     from .. import align
 
-    s = {**landscape.PATH_DEFAULTS, **settings}
+    s = CurveSettings.of(settings)
     a, b = _endpoint(start), _endpoint(aligned_end)
     if a is None or b is None:
         for kind, out in outputs.items():

@@ -12,6 +12,7 @@ from ..devices import resolve_device
 from ..io import save_checkpoint
 from ..tables import write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders
+from ..settings_types import CurveSettings
 
 
 def autoneb(start: str, end: str, outputs: Mapping[str, str], settings: Mapping, eval_settings: Mapping, data: Mapping,
@@ -21,7 +22,7 @@ def autoneb(start: str, end: str, outputs: Mapping[str, str], settings: Mapping,
     from .. import autoneb as neb
 
     s = neb.check_settings(settings)
-    ev = {**landscape.PATH_DEFAULTS, **eval_settings}
+    ev = CurveSettings.of(eval_settings)
     a, b = _endpoint(start), _endpoint(end)
     if a is None or b is None:
         save_checkpoint(outputs["pivots"], None, {"status": "diverged", "autoneb": True})

@@ -13,6 +13,7 @@ from ..io import ConfigError, load_checkpoint, save_checkpoint
 from ..jobs import publish
 from ..tables import write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders
+from ..settings_types import CurveSettings, PlaneSettings
 
 
 def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, seed: int = 0,
@@ -23,7 +24,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
     ``settings``: a curve's settings (:data:`closerlook.curves.FIT_DEFAULTS` keys, e.g. ``kind``,
     ``num_bends``, ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``t_per_batch``, ``augment``).
     """
-    s = {**curves.FIT_DEFAULTS, **settings}
+    s = CurveSettings.of(settings)
     a, b = _endpoint(start), _endpoint(end)
     outd = Path(out)
     if a is None or b is None:
@@ -63,9 +64,9 @@ def _stop_monitor(s: Mapping, xtr, ytr, info: Mapping, device) -> Callable | Non
     ``images`` training images (unaugmented, in order, BN recomputed on them at each t)."""
     if s["stop"] is None:
         return None
-    rule = {**curves.STOP_DEFAULTS, **s["stop"]}
+    rule = s.stop_rule()
     n = int(rule["images"])
-    loader = DeviceLoader(xtr[:n], ytr[:n], s.get("eval_batch_size", landscape.EVAL_BATCH_SIZE), mean=info["mean"],
+    loader = DeviceLoader(xtr[:n], ytr[:n], s["eval_batch_size"], mean=info["mean"],
                           std=info["std"], device=device, augment=False, shuffle=False, seed=0, drop_last=False)
 
     def monitor(curve) -> float:
@@ -76,7 +77,7 @@ def _stop_monitor(s: Mapping, xtr, ytr, info: Mapping, device) -> Callable | Non
 def evaluate_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
                   device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Loss/accuracy along the fitted ``curve`` (a curve.pt) or, without one, the straight line, as a CSV."""
-    s = {**landscape.PATH_DEFAULTS, **settings}
+    s = CurveSettings.of(settings)
     label = "curve" if curve else "line"
     a, b = _endpoint(start), _endpoint(end)
     curve_diverged = bool(curve) and load_checkpoint(curve)["meta"].get("status") == "diverged"
@@ -112,7 +113,7 @@ def plane(w1: str, w2: str, bend: str, out_dir: str, settings: Mapping, data: Ma
           factories: Sequence[str] = ()) -> None:
     """``grid.csv`` and ``points.csv`` of the plane through w1, w2 and ``bend`` (a curve.pt: its first bend;
     or a model checkpoint), with the ``project`` checkpoints projected (labels: their file stems)."""
-    s = {**landscape.PLANE_DEFAULTS, **settings}
+    s = PlaneSettings.of(settings)
     out = Path(out_dir)
     plabels = [Path(p).stem for p in project] if labels is None else list(labels)
     if len(plabels) != len(project):

@@ -7,6 +7,7 @@ import pandas as pd
 
 from ..devices import resolve_device
 from ..tables import write_csv
+from ..settings_types import FidelitySettings
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders, _state_on
 
 
@@ -18,7 +19,7 @@ def fidelity(pairs: Sequence[Mapping], data: Mapping, out: str, settings: Mappin
     A diverged student (or teacher) gives rows marked ``diverged``."""
     from .. import fidelity as F
 
-    s = {**F.FIDELITY_DEFAULTS, **(settings or {})}
+    s = FidelitySettings.of(settings)
     dev = resolve_device(device)
     train_loader, test_loader = _eval_loaders(_data_block(data), dev, s["train_images"], int(s["batch_size"]))
     loaders = {"test": test_loader, "train": train_loader}

@@ -13,6 +13,7 @@ from ..devices import resolve_device
 from ..io import atomic_torch_save, load_checkpoint, safe_torch_load
 from ..tables import GRID_COLUMNS, PCA_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS, VIEW_COLUMNS, write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders, _diverged_table, _state_on
+from ..settings_types import LensSettings
 
 
 def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Mapping, device: Any = "auto",
@@ -20,7 +21,7 @@ def lens_slices(ckpt: str, out_1d: str, out_2d: str, settings: Mapping, data: Ma
     """The 1-D and 2-D filter-normalised slices around one checkpoint (:func:`closerlook.lenses.random_slices`)."""
     from .. import lenses
 
-    s = {**lenses.LENS_DEFAULTS, **settings}
+    s = LensSettings.of(settings)
     ck = _endpoint(ckpt)
     if ck is None:
         write_csv(_diverged_table(SLICE_COLUMNS), out_1d)
@@ -58,7 +59,7 @@ def lens_trajectory(ckpts: Sequence[str], w1: str, w2: str, curve: str, out_dir:
     trajectory's variance each view keeps: ``pca.csv``, ``trajectory.csv``, ``views.csv``, ``components.pt``."""
     from .. import lenses
 
-    s = {**lenses.LENS_DEFAULTS, **settings}
+    s = LensSettings.of(settings)
     out = Path(out_dir)
     metas = []
     for p in ckpts:  # one checkpoint in memory at a time: only the meta is kept
@@ -108,7 +109,7 @@ def lens_pca_grid(origin_ckpt: str, components: str, trajectory: str, out: str, 
     """The loss surface on the top-2 PCA plane through the trajectory's last checkpoint (BN recomputed per point)."""
     from .. import lenses
 
-    s = {**lenses.LENS_DEFAULTS, **settings}
+    s = LensSettings.of(settings)
     comp = safe_torch_load(components)
     ck = _endpoint(origin_ckpt)
     if ck is None or comp.get("components") is None:

@@ -12,6 +12,7 @@ from ..devices import resolve_device
 from ..io import load_checkpoint
 from ..tables import SHARPNESS_COLUMNS, write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders, _diverged_table, _state_on
+from ..settings_types import SharpnessSettings
 
 
 def _sharpness_rows(module, states, labels, ts, settings, data, dev, log) -> pd.DataFrame:
@@ -34,9 +35,7 @@ def _sharpness_rows(module, states, labels, ts, settings, data, dev, log) -> pd.
 def sharpness_path(start: str, end: str, out: str, settings: Mapping, data: Mapping, curve: str | None = None,
                    device: Any = "auto", log: Log = print, factories: Sequence[str] = ()) -> None:
     """Sharpness (:func:`closerlook.sharpness.sharpness_at`) at ``points`` t along the fitted curve or the line."""
-    from ..sharpness import SHARPNESS_DEFAULTS
-
-    s = {**SHARPNESS_DEFAULTS, **settings}
+    s = SharpnessSettings.of(settings)
     label = "curve" if curve else "line"
     ts = [float(t) for t in np.linspace(0.0, 1.0, int(s["points"]))]
     a, b = _endpoint(start), _endpoint(end)
@@ -61,9 +60,7 @@ def sharpness_path(start: str, end: str, out: str, settings: Mapping, data: Mapp
 def sharpness_checkpoint(ckpt: str, label: str, out: str, settings: Mapping, data: Mapping, device: Any = "auto",
                          log: Log = print, factories: Sequence[str] = ()) -> None:
     """Sharpness of one checkpoint (one row, ``t`` NaN)."""
-    from ..sharpness import SHARPNESS_DEFAULTS
-
-    s = {**SHARPNESS_DEFAULTS, **settings}
+    s = SharpnessSettings.of(settings)
     ck = _endpoint(ckpt)
     if ck is None:
         write_csv(_diverged_table(SHARPNESS_COLUMNS, label=label), out)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..io import atomic_path, load_checkpoint
 from ..tables import SIMILARITY_COLUMNS, write_csv
+from ..settings_types import SimilaritySettings
 
 
 def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: tuple[str, str] = ("a", "b")) -> list[dict]:
@@ -21,10 +22,9 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     the others. A store from a diverged checkpoint gives rows with NaN and ``status = diverged``.
     """
     from ..activations import load_store
-    from ..similarity import COMPARISON_DEFAULTS
     from ..similarity_tables import layer_rows
 
-    s = {**COMPARISON_DEFAULTS, **settings}
+    s = SimilaritySettings.of(settings)
     measures = list(s["measures"])
     acts_a, meta_a = load_store(store_a)
     acts_b, meta_b = load_store(store_b)
