@@ -108,3 +108,25 @@ def test_publish_links_outputs_and_names_missing(tmp_path):
     assert (work / "final.pt").exists()
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         jobs.publish(work, [tmp_path / "results" / "metrics.csv"])
+
+
+def test_a_torch_free_job_runs_on_the_cpu_without_importing_torch(tmp_path):
+    # a fake snakemake object: one log, 1 thread, a GPU requested (ignored: the job reads tables only)
+    code = textwrap.dedent(f"""
+        import sys, types
+        sys.modules.update(torch=None)                # `import torch` raises from here on
+        from closerlook.jobs import job
+        smk = types.SimpleNamespace(log=[{str(tmp_path / "j.log")!r}], threads=1,
+                                    resources=types.SimpleNamespace(gpu=1))
+        with job(smk, stage="figure x", torch=False) as ctx:
+            assert ctx["device"] == "cpu", ctx
+        try:
+            with job(smk, stage="train x"):
+                pass
+        except ImportError:
+            print("torch needed")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "torch needed" in (tmp_path / "j.log").read_text() + r.stdout    # the default still imports it
+    assert "figure x: start (device cpu" in (tmp_path / "j.log").read_text()

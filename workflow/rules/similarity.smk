@@ -14,7 +14,8 @@ rule similarity:
         P.log(R, "similarity", "{comparison}", "{inst}"),
     threads: stage_threads("similarity")
     resources:
-        **stage_resources("similarity", runtime=60),
+        # numpy on the CPU: the table never touches a GPU (the controls below capture with torch)
+        **stage_resources("similarity", gpu=False, runtime=60),
     conda:
         ENV
     script:

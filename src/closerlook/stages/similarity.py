@@ -21,7 +21,7 @@ def similarity(store_a: str, store_b: str, out: str, settings: Mapping, labels: 
     ``(N, C, H, W)`` go as they are to the spatial measures (DFT-CCA) and spatially averaged to
     the others. A store from a diverged checkpoint gives rows with NaN and ``status = diverged``.
     """
-    from ..activations import load_store
+    from ..activation_store import load_store
     from ..similarity_tables import layer_rows
 
     s = SimilaritySettings.of(settings)
@@ -52,7 +52,7 @@ def similarity_controls(outputs: Mapping[str, str], settings: Mapping, *, stores
     ``outputs``: ``{"controls", "controls_md", "identification", "change_detection"}`` paths. A diverged
     input gives that control's rows with ``passes = False`` and the reason in ``rule``."""
     from .. import controls as K
-    from ..activations import load_store
+    from ..activation_store import load_store
 
     s = dict(settings)
     measures = list(s["measures"])
