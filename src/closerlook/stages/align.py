@@ -10,7 +10,7 @@ from ..devices import resolve_device
 from ..io import ConfigError, save_checkpoint
 from ..tables import write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders
-from ..settings_types import CurveSettings
+from ..settings_types import AlignSettings, CurveSettings
 
 
 def align_end(start: str, end: str, out: str, settings: Mapping, log: Log = print,
@@ -45,7 +45,7 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
     REPAIRed (``"repaired"``, networks without BN; statistics from the first ``repair_images`` training images)."""
     from .. import align
 
-    s = CurveSettings.of(settings)
+    s, al = CurveSettings.of(settings), AlignSettings.of(align_settings)
     a, b = _endpoint(start), _endpoint(aligned_end)
     if a is None or b is None:
         for kind, out in outputs.items():
@@ -63,5 +63,5 @@ def evaluate_aligned(start: str, aligned_end: str, outputs: Mapping[str, str], s
         raise ConfigError(f"{aligned_end}: REPAIR is for networks without BN (recomputing BN statistics already "
                           "resets them); the aligned line is the corrected one")
     for kind, out in outputs.items():
-        rep = _eval_loaders(d, dev, align_settings["repair_images"], s["eval_batch_size"])[0] if kind == "repaired" else None
+        rep = _eval_loaders(d, dev, al["repair_images"], s["eval_batch_size"])[0] if kind == "repaired" else None
         write_csv(align.evaluate_line(module, sa, sb, tr, te, ts, repair_loader=rep, label=kind, log=log), out)

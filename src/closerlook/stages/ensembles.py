@@ -11,6 +11,7 @@ from ..data import DeviceLoader, load_subsets
 from ..devices import resolve_device
 from ..io import load_checkpoint, save_checkpoint
 from ..models import model_from_checkpoint
+from ..settings_types import EnsembleSettings
 from ..tables import write_csv
 from ._common import Log, _endpoint, _module, _data_block, _eval_loaders
 
@@ -88,6 +89,7 @@ def ensembles(members: Mapping[str, Sequence[str]], curve: Mapping, budgets: Map
     ``members``: method -> member checkpoints (SWA: its one network); ``curve``: ``{"curve", "start", "end", "ts"}``."""
     from .. import ensembles as ens
 
+    s = EnsembleSettings.of(settings)
     dev = resolve_device(device)
     loaded = {m: [(Path(p).stem, _endpoint(p)) for p in ps] for m, ps in members.items()}
     first = next(e for es in loaded.values() for _l, e in es if e is not None)
@@ -97,9 +99,9 @@ def ensembles(members: Mapping[str, Sequence[str]], curve: Mapping, budgets: Map
     swa_meta = (loaded.get("swa") or [(None, None)])[0][1]
     snaps = {"swa": int(swa_meta["meta"].get("swa_averaged", 1))} if swa_meta else {}
     d = _data_block(data)
-    bn_loader, test_loader = _eval_loaders(d, dev, None, int(settings["eval_batch_size"]))
+    bn_loader, test_loader = _eval_loaders(d, dev, None, int(s["eval_batch_size"]))
     order = [m for m in ens.METHODS if m in states]
     ens_df, mem_df = ens.evaluate_ensembles(module, {m: states[m] for m in order}, budgets, test_loader, bn_loader,
-                                            settings, device=dev, snapshots=snaps, log=log)
+                                            s, device=dev, snapshots=snaps, log=log)
     write_csv(ens_df, outputs["ensembles"])
     write_csv(mem_df, outputs["members"])
