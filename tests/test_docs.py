@@ -160,13 +160,16 @@ def test_python_block_compiles_and_its_names_exist(where, body):
 
 
 @pytest.mark.slow
-def test_library_example_runs(tmp_path, fmnist_dir):
-    """docs/library.md's runnable example, as it stands (about two CPU-minutes)."""
-    (where, body), = [(w, b) for w, b in blocks("python") if w.startswith("docs/library.md")]
+def test_library_examples_run(tmp_path, fmnist_dir):
+    """docs/library.md's python blocks, as they stand (the settings one, then the runnable example: about
+    two CPU-minutes)."""
+    examples = [(w, b) for w, b in blocks("python") if w.startswith("docs/library.md")]
+    assert len(examples) == 2, [w for w, _ in examples]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    res = subprocess.run([PY, "-c", "import torch; torch.set_num_threads(1)\n" + body], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, f"{where}\n{res.stderr[-3000:]}"
+    for where, body in examples:
+        res = subprocess.run([PY, "-c", "import torch; torch.set_num_threads(1)\n" + body], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=1200)
+        assert res.returncode == 0, f"{where}\n{res.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("where,body", blocks("yaml"), ids=[w for w, _ in blocks("yaml")])

@@ -407,3 +407,54 @@ def test_wide_layer_chance_reduces_the_whole_set_once(monkeypatch):
         ref.append(float(np.mean(S.cca_coefficients(real(x, 60), real(y[p], 60)))))
     # float64 eigendecompositions of a permuted Gram matrix: equal up to rounding
     np.testing.assert_allclose(once["cca_mean"], ref, rtol=1e-8)
+
+
+def _conv_pair(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4, 6, 6))
+    y = 0.7 * np.roll(x, 1, axis=3)[:, [1, 0, 3, 2]] + 0.5 * rng.standard_normal((n, 4, 6, 6))
+    return x, np.concatenate([y, rng.standard_normal((n, 1, 6, 6))], axis=1)   # 5 channels: widths differ
+
+
+def test_dft_rows_equal_one_call_per_shuffle_and_subset():
+    from closerlook.similarity_dft import dft_cca_rows
+    x, y = _conv_pair()
+    rng = np.random.default_rng(1)
+    sub = np.sort(rng.choice(60, 30, replace=False))
+    pairs = [(np.arange(60), np.arange(60)), (np.arange(60), rng.permutation(60)), (sub, sub[rng.permutation(30)]),
+             (rng.permutation(60), np.arange(60))]
+    want = [S.dft_cca(x[rx], y[ry]).value for rx, ry in pairs]
+    np.testing.assert_allclose(dft_cca_rows(x, y, pairs), want, rtol=0, atol=1e-10)   # float64, same sums reordered
+
+
+def test_dft_rows_decline_what_they_cannot_hold(monkeypatch):
+    from closerlook import similarity_dft as D
+    x, y = _conv_pair()
+    pairs = [(np.arange(60), np.arange(60))]
+    assert D.dft_cca_rows(torch.as_tensor(x), torch.as_tensor(y), pairs) is None
+    monkeypatch.setattr(D, "SPECTRA_MAX_BYTES", 1000)
+    assert D.dft_cca_rows(x, y, pairs) is None
+
+
+def test_dft_table_chance_is_the_per_shuffle_one(monkeypatch):
+    x, y = _conv_pair()
+    kw = dict(chance=True, n_shuffles=5, subsamples={"count": 2, "size": 30})
+    used, real = [], ST._dft_shuffles
+    monkeypatch.setattr(ST, "_dft_shuffles", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    fast = ST.layer_rows({"c": x}, {"c": y}, ["dft_cca_mean98"], **kw)
+    assert len(used) == 2 and all(u is not None for u in used)           # whole set and subsample shuffles
+    monkeypatch.setattr(ST, "_dft_shuffles", lambda *a, **k: None)      # the generic per-shuffle path
+    slow = ST.layer_rows({"c": x}, {"c": y}, ["dft_cca_mean98"], **kw)
+    assert [r["sample"] for r in fast] == [r["sample"] for r in slow] == ["all", "s0", "s1"]
+    for a, b in zip(fast, slow):
+        for key in ("value", "chance", "chance_low", "chance_high", "p_value"):
+            assert a[key] == pytest.approx(b[key], abs=1e-10), key
+
+
+def test_dft_on_a_wide_fc_layer_is_reduced_like_cca():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((100, 40)), rng.standard_normal((100, 40))   # 2.5 images per neuron
+    rows = ST.layer_rows({"fc": x}, {"fc": y}, ["dft_cca_mean98", "cca_mean98"], chance=False, images_per_dim=5)
+    by = {r["measure"]: r for r in rows}
+    assert by["dft_cca_mean98"]["dims"] == by["cca_mean98"]["dims"] == 20
+    assert by["dft_cca_mean98"]["value"] == pytest.approx(by["cca_mean98"]["value"], abs=1e-10)

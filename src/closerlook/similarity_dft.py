@@ -11,7 +11,8 @@ import numpy as np
 from .similarity_core import (DEFAULT_RANK_TOL, _cca_solve, _check_products, _check_samples, _is_torch, _prep,
                               _torch, mean_leading)
 
-__all__ = ["DFTCCAResult", "dft_cca"]
+__all__ = ["DFTCCAResult", "dft_cca", "dft_cca_rows"]
+
 
 @dataclass
 class DFTCCAResult:
@@ -151,16 +152,66 @@ def dft_cca(x: Any, y: Any, epsilon: float = 0.0, *, threshold: float = 0.98,
     fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
     rep, sel = _conjugate_pairs(fh, fw)
     sxx, syy, sxy = _dft_scatter(x, y, h, w, sel, batch_size, products)
-    kcoef = min(x.shape[1], y.shape[1])
+    return _solve(n, sxx, syy, sxy, rep, sel, (h, w), min(x.shape[1], y.shape[1]), fh, fw, epsilon, tol, threshold)
+
+
+def _solve(n: int, sxx, syy, sxy, rep, sel, hw: tuple[int, int], kcoef: int, fh, fw, epsilon: float, tol: float,
+           threshold: float) -> DFTCCAResult:
+    """The per-frequency CCA of the scatter matrices (one per solved frequency), mapped back onto every frequency."""
+    h, w = hw
     coefs = np.zeros((h * w, kcoef))
     m98 = np.zeros(h * w)
-    solved = {}
     for t, k in enumerate(sel):
         s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
-        solved[k] = np.pad(s, (0, kcoef - s.size))
-    for k in range(h * w):
-        coefs[k] = solved[rep[k]]
+        coefs[k, :s.size] = s
         m98[k] = mean_leading(coefs[k], threshold)
+    coefs, m98 = coefs[rep], m98[rep]       # a conjugate frequency has its partner's coefficients
     coefs = coefs.reshape(h, w, kcoef)
     m98 = m98.reshape(h, w)
     return DFTCCAResult(coefs, m98, fh, fw, float(m98.mean()), float(coefs.mean()))
+
+
+# The spectra of a shuffle are the spectra's rows shuffled: chance levels need each side's FFT once, not once per
+# shuffle (at cifar_lite scale the FFTs and their copies were ~80 % of a DFT-CCA call). Held in memory up to this.
+SPECTRA_MAX_BYTES = 2 << 30
+
+
+def dft_cca_rows(x: Any, y: Any, pairs: list[tuple[np.ndarray, np.ndarray]], epsilon: float = 0.0, *,
+                 threshold: float = 0.98, batch_size: int = 512) -> list[float] | None:
+    """``dft_cca(x[rx], y[ry]).value`` for each ``(rx, ry)`` in ``pairs`` (row indices: a shuffle, a subset),
+    from each side's spectra computed once; float64 products, numpy arrays only. None when the spectra would
+    take more than :data:`SPECTRA_MAX_BYTES` (the caller then calls :func:`dft_cca` per pair)."""
+    if _is_torch(x) or _is_torch(y):
+        return None
+    x, y = _as_4d(x, "x"), _as_4d(y, "y")
+    h, w = min(x.shape[2], y.shape[2]), min(x.shape[3], y.shape[3])
+    fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
+    fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
+    rep, sel = _conjugate_pairs(fh, fw)
+    if len(sel) * x.shape[0] * (x.shape[1] + y.shape[1]) * 16 > SPECTRA_MAX_BYTES:
+        return None
+    fx, fy = (np.concatenate([_spectrum(a, i, i + batch_size, h, w)[sel] for i in range(0, a.shape[0], batch_size)],
+                             axis=1) for a in (x, y))
+    tol, kcoef = DEFAULT_RANK_TOL["float64"], min(x.shape[1], y.shape[1])
+    cache: dict = {}   # (side, row set) -> its rows' centred spectra (in sorted row order) and their scatter
+
+    def centred(f, rows, tag):
+        srt = np.sort(rows)
+        key = (tag, srt.tobytes())          # a shuffle keeps its row set: that side's scatter is reused
+        if key not in cache:
+            if len(cache) > 3:              # subsets are drawn afresh per shuffle: keep the cache small
+                cache.clear()
+            c = f[:, srt]
+            c -= c.mean(1, keepdims=True)
+            cache[key] = (c, np.conj(c).transpose(0, 2, 1) @ c)
+        c, scatter = cache[key]
+        in_order = c if np.array_equal(srt, rows) else c[:, np.searchsorted(srt, rows)]
+        return in_order, scatter
+
+    out = []
+    for rx, ry in pairs:
+        _check_samples(len(rx), x.shape[1], y.shape[1])
+        (cx, sxx), (cy, syy) = centred(fx, rx, "x"), centred(fy, ry, "y")
+        sxy = np.conj(cx).transpose(0, 2, 1) @ cy
+        out.append(_solve(len(rx), sxx, syy, sxy, rep, sel, (h, w), kcoef, fh, fw, epsilon, tol, threshold).value)
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 
 from .similarity import (_STAT_MEASURES, CHANCE_SHUFFLES, CovarianceAccumulator, SampleSizeWarning, _is_torch,
                          _torch, measure)
+from .similarity_dft import dft_cca_rows
 from .verdicts import calibrated, permutation_p
 
 __all__ = ["chance_baseline", "similarity_matrix", "subsample_indices", "layer_table", "layer_rows"]
@@ -54,8 +55,9 @@ def similarity_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
 
 
 # the CCA family: inverts each side's covariance, so it needs several images per compared dimension
-# (chance CCA nears 1 as images / neurons nears 1); linear CKA inverts nothing and is computed in full
-REDUCIBLE = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "pwcca")
+# (chance CCA nears 1 as images / neurons nears 1); linear CKA inverts nothing and is computed in full.
+# DFT-CCA on a 2-D layer is CCA mean98 of its one (DC) frequency: reduced alike (conv maps never are).
+REDUCIBLE = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "pwcca", "dft_cca_mean98")
 
 
 def reduced_dims(n: int, width: int, images_per_dim: float | None) -> int | None:
@@ -133,10 +135,15 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
     n = x.shape[0]
     k = None if size else _pair_k(x, y, images_per_dim)
     base = (top_directions(x, k), top_directions(y, k)) if k and set(measures) & set(REDUCIBLE) else None
-    vals: dict[str, list] = {m: [] for m in measures}
+    draws = []                                  # drawn first, in the same order as they are used below
     for _ in range(int(n_shuffles)):
         sub = np.sort(rng.choice(n, size, replace=False)) if size else np.arange(n)
-        perm = rng.permutation(sub.size)
+        draws.append((sub, rng.permutation(sub.size)))
+    fast = _dft_shuffles(x, y, measures, draws, size, images_per_dim)
+    if fast is not None:
+        return fast
+    vals: dict[str, list] = {m: [] for m in measures}
+    for sub, perm in draws:
         red = None if base is None else (base[0], base[1][perm])
         with warnings.catch_warnings():  # the inflation SampleSizeWarning names is what this measures
             warnings.simplefilter("ignore", SampleSizeWarning)
@@ -145,6 +152,22 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
         for m in measures:
             vals[m].append(v[m])
     return {m: np.asarray(v, dtype=float) for m, v in vals.items()}
+
+
+def _dft_shuffles(x: Any, y: Any, measures: Sequence[str], draws: list, size: int | None,
+                  images_per_dim: float | None) -> dict[str, np.ndarray] | None:
+    """DFT-CCA's shuffles from each side's spectra computed once (:func:`closerlook.similarity_dft.dft_cca_rows`;
+    equal to the per-shuffle calls to ~1e-12), or None where that path does not apply (other measures, a reduced
+    2-D layer, torch tensors, spectra too large for memory, a subset too small for the layer)."""
+    if list(measures) != ["dft_cca_mean98"] or _pair_k(x, y, images_per_dim, size) is not None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SampleSizeWarning)
+            vals = dft_cca_rows(x, y, [(sub, sub[perm]) for sub, perm in draws])
+    except ValueError:            # fewer images than neurons: the per-shuffle path gives its NaN or error
+        return None
+    return None if vals is None else {"dft_cca_mean98": np.asarray(vals, dtype=float)}
 
 
 def subsample_indices(n: int, count: int, size: int | None, seed: int = 0) -> list[np.ndarray]:
