@@ -84,3 +84,17 @@ def test_the_config_functions_return_the_typed_objects(tmp_path):
     assert isinstance(C.similarity_settings(cfg), SimilaritySettings)
     ctl = C.control_settings(cfg)
     assert isinstance(ctl, ControlSettings) and ctl["images_per_dim"] == C.similarity_settings(cfg)["images_per_dim"]
+
+
+def test_the_choice_lists_have_one_owner_the_library_and_schema_agree_with():
+    import yaml
+
+    from closerlook import similarity
+    schema = yaml.safe_load((C.REPO_ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    curve, props = schema["$defs"]["curve"]["properties"], schema["properties"]
+    assert set(D.SIMILARITY_MEASURES) == set(similarity.MEASURES) == set(props["similarity"]["properties"]["measures"]["items"]["enum"])
+    assert set(curve["kind"]["enum"]) == set(D.CURVE_KINDS) - {"line"}
+    assert curve["t_sampling"]["enum"] == list(D.T_SAMPLINGS) and curve["schedule"]["enum"] == list(D.FIT_SCHEDULES)
+    assert props["activations"]["properties"]["mode"]["enum"] == list(D.CAPTURE_MODES)
+    assert props["align"]["properties"]["method"]["enum"] == list(D.ALIGN_METHODS)
+    assert props["lenses"]["properties"]["center"]["enum"] == list(D.LENS_CENTERS)

@@ -28,8 +28,8 @@ from .activation_store import (STORE_DTYPES, STORE_FORMAT, _file_name, _fit_dtyp
 from .io import atomic_path, atomic_write_json
 from .defaults import CAPTURE_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
 from .models import analysis_layers
+from .defaults import CAPTURE_MODES as MODES  # (torch-free owner)
 
-MODES = ("pool", "full", "subsample")
 _POS_BLOCK = 1024
 
 

@@ -51,8 +51,8 @@ from .landscape import evaluate_point
 from .models import VGG, ResNet18
 from .settings_types import AlignSettings
 from .tables import PATH_COLUMNS
+from .defaults import ALIGN_METHODS as METHODS  # noqa: F401 (torch-free owner; re-exported)
 
-METHODS = ("weights", "none")
 
 
 # --------------------------------------------------------------------------- built-in families

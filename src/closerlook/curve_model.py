@@ -16,9 +16,8 @@ from torch.func import functional_call
 
 from .defaults import FIT_DEFAULTS
 from .io import CloserlookError, ConfigError, load_checkpoint, save_checkpoint
+from .defaults import CURVE_KINDS as KINDS  # (torch-free owner)
 
-
-KINDS = ("bezier", "polychain", "line")
 
 
 class CurveError(CloserlookError, ValueError):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from .io import ConfigError
+from .defaults import T_SAMPLINGS  # noqa: F401 (torch-free owner; re-exported)
 
-T_SAMPLINGS = ("uniform", "stratified")
 
 
 def sample_ts(k: int, mode: str, gen: torch.Generator) -> list[float]:

@@ -55,6 +55,7 @@ from .defaults import FIT_DEFAULTS, STOP_DEFAULTS  # noqa: F401 (torch-free: pla
 # the curve model (re-exported: closerlook.curves.X keeps working for every name)
 from .curve_model import (KINDS, Curve, CurveError, Layout, bend_of, bezier_coefficients, check_t,  # noqa: F401
                           line, load_curve, polychain_coefficients, save_curve)
+from .defaults import FIT_SCHEDULES as SCHEDULES  # (torch-free owner)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -70,7 +71,6 @@ def garipov_lr_factor(epoch: int | float, total_epochs: int) -> float:
     return 0.01
 
 
-SCHEDULES = ("constant", "plateau", "garipov")
 PLATEAU_FACTOR = 0.5   # "plateau": lr x this at every stopping-rule check that does not improve (docs/curve-fitting.md)
 
 

@@ -43,6 +43,18 @@ OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.0, "weight_decay": 0.0, "nesterov": 
                       "adam": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}}
 
 
+# --------------------------------------------------------------------------- names a config may choose from
+# One torch-free owner for each list (the engines import them from here; the typed settings check against them).
+CURVE_KINDS = ("bezier", "polychain", "line")        # a fitted curve is one of the first two; "line" has no bends
+T_SAMPLINGS = ("uniform", "stratified")               # t values of one curve-fitting step
+FIT_SCHEDULES = ("constant", "plateau", "garipov")    # curve fitting's lr schedules
+CAPTURE_MODES = ("pool", "full", "subsample")         # how conv activations are stored
+ALIGN_METHODS = ("weights", "none")
+LENS_CENTERS = ("final", "mean")
+SIMILARITY_MEASURES = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "pwcca", "linear_cka",
+                       "linear_cka_debiased", "rbf_cka", "dft_cca_mean98")   # closerlook.similarity.MEASURES' names
+
+
 # --------------------------------------------------------------------------- curves (closerlook.curves)
 # Curve fitting: Garipov et al.'s recipe (dnn-mode-connectivity), the one owner of these defaults
 # Garipov et al.'s recipe (dnn-mode-connectivity) is lr 0.015, one t ~ U(0, 1) per batch, his schedule over a

@@ -39,8 +39,8 @@ from .io import ConfigError
 from .landscape import EVAL_BATCH_SIZE, surface_metrics
 from .tables import GRID_COLUMNS, SLICE_COLUMNS
 from .defaults import LENS_DEFAULTS  # noqa: F401 (torch-free: planning imports no torch)
+from .defaults import LENS_CENTERS as CENTERS  # (torch-free owner)
 
-CENTERS = ("final", "mean")
 
 
 # --------------------------------------------------------------------------- filter-normalised slices

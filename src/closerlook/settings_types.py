@@ -152,10 +152,10 @@ class CurveSettings(Settings):
     (its completed form is :meth:`stop_rule`), so the recorded settings read as configured."""
     BLOCK = "curves"
     DEFAULTS = (D.FIT_DEFAULTS, D.PATH_DEFAULTS)
-    CHECKS = {"kind": one_of("bezier", "polychain"), "num_bends": integer(3), "epochs": _pos, "lr": number(0, strict=True),
+    CHECKS = {"kind": one_of(*(k for k in D.CURVE_KINDS if k != "line")), "num_bends": integer(3), "epochs": _pos, "lr": number(0, strict=True),
               "weight_decay": number(0), "momentum": number(0, 1), "batch_size": _pos, "t_per_batch": _pos,
-              "t_sampling": one_of("uniform", "stratified"), "t_split": boolean, "augment": boolean,
-              "schedule": one_of("constant", "plateau", "garipov"), "resume": boolean,
+              "t_sampling": one_of(*D.T_SAMPLINGS), "t_split": boolean, "augment": boolean,
+              "schedule": one_of(*D.FIT_SCHEDULES), "resume": boolean,
               "checkpoint_epochs": list_of(_nonneg), "resume_every": _pos, "stop": optional(mapping), "points": integer(2),
               **_eval}
     REFS = frozenset({"start", "end", "align"})
@@ -185,7 +185,7 @@ class PlaneSettings(Settings):
 class CaptureSettings(Settings):
     BLOCK = "activations"
     DEFAULTS = (D.CAPTURE_DEFAULTS,)
-    CHECKS = {"mode": one_of("pool", "full", "subsample"), "subsample": _pos, "batch_size": _pos,
+    CHECKS = {"mode": one_of(*D.CAPTURE_MODES), "subsample": _pos, "batch_size": _pos,
               "dtype": one_of("float32", "float16")}
 
 
@@ -193,7 +193,7 @@ class LensSettings(Settings):
     BLOCK = "lenses"
     DEFAULTS = (D.LENS_DEFAULTS,)
     CHECKS = {"seed": _nonneg, "points": integer(2), "grid": _grid, "span": number(0, strict=True), "pca_grid": _grid,
-              "margin": number(0), "center": one_of("final", "mean"), "perplexity": number(0, strict=True),
+              "margin": number(0), "center": one_of(*D.LENS_CENTERS), "perplexity": number(0, strict=True),
               "tsne_seed": _nonneg, "memory_mb": number(0, strict=True), **_eval}
     REFS = frozenset({"plane", "trajectory"})
 
@@ -206,8 +206,7 @@ class SharpnessSettings(Settings):
     REFS = frozenset({"curve"})
 
 
-_MEASURES = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "pwcca", "linear_cka", "linear_cka_debiased",
-             "rbf_cka", "dft_cca_mean98")
+_MEASURES = D.SIMILARITY_MEASURES
 
 
 def _subsamples(v) -> str | None:
@@ -226,7 +225,7 @@ class SimilaritySettings(Settings):
 class AlignSettings(Settings):
     BLOCK = "align"
     DEFAULTS = (D.ALIGN_DEFAULTS,)
-    CHECKS = {"method": one_of("weights", "none"), "max_iter": _pos, "seed": _nonneg, "repair": boolean,
+    CHECKS = {"method": one_of(*D.ALIGN_METHODS), "max_iter": _pos, "seed": _nonneg, "repair": boolean,
               "repair_images": _pos}
 
 
@@ -268,6 +267,6 @@ class ControlSettings(Settings):
     """The similarity measures' positive controls (:data:`closerlook.defaults.CONTROL_DEFAULTS`)."""
     BLOCK = "controls"
     DEFAULTS = (D.CONTROL_DEFAULTS, {"images_per_dim": None})
-    CHECKS = {"measures": optional(list_of(one_of(*_MEASURES[:-1]), min_len=1)), "identification": optional(mapping),
+    CHECKS = {"measures": optional(list_of(one_of(*(m for m in _MEASURES if m != "dft_cca_mean98")), min_len=1)), "identification": optional(mapping),
               "change_detection": optional(mapping), "level": number(0, 1, strict=True), "min_before": number(0, 1),
               "max_target": number(0, 1), "seed": _nonneg, "images_per_dim": optional(number(1))}

@@ -145,14 +145,19 @@ def dft_cca(x: Any, y: Any, epsilon: float = 0.0, *, threshold: float = 0.98,
     n = x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"x and y must have the same datapoints: {n} != {y.shape[0]}")
-    h = min(x.shape[2], y.shape[2])
-    w = min(x.shape[3], y.shape[3])
     _check_samples(n, x.shape[1], y.shape[1])
-    fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
-    fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
-    rep, sel = _conjugate_pairs(fh, fw)
+    h, w, fh, fw, rep, sel = _frequencies(x, y)
     sxx, syy, sxy = _dft_scatter(x, y, h, w, sel, batch_size, products)
     return _solve(n, sxx, syy, sxy, rep, sel, (h, w), min(x.shape[1], y.shape[1]), fh, fw, epsilon, tol, threshold)
+
+
+def _frequencies(x: Any, y: Any) -> tuple:
+    """(h, w, fh, fw, rep, sel): the overlapping low frequencies of two (N, C, H, W) layers, each frequency's
+    conjugate representative and the frequencies solved."""
+    h, w = min(x.shape[2], y.shape[2]), min(x.shape[3], y.shape[3])
+    fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
+    fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
+    return (h, w, fh, fw, *_conjugate_pairs(fh, fw))
 
 
 def _solve(n: int, sxx, syy, sxy, rep, sel, hw: tuple[int, int], kcoef: int, fh, fw, epsilon: float, tol: float,
@@ -184,10 +189,7 @@ def dft_cca_rows(x: Any, y: Any, pairs: list[tuple[np.ndarray, np.ndarray]], eps
     if _is_torch(x) or _is_torch(y):
         return None
     x, y = _as_4d(x, "x"), _as_4d(y, "y")
-    h, w = min(x.shape[2], y.shape[2]), min(x.shape[3], y.shape[3])
-    fh = np.fft.fftfreq(x.shape[2], d=1.0 / x.shape[2])[_kept_freqs(x.shape[2], h)]
-    fw = np.fft.fftfreq(x.shape[3], d=1.0 / x.shape[3])[_kept_freqs(x.shape[3], w)]
-    rep, sel = _conjugate_pairs(fh, fw)
+    h, w, fh, fw, rep, sel = _frequencies(x, y)
     if len(sel) * x.shape[0] * (x.shape[1] + y.shape[1]) * 16 > SPECTRA_MAX_BYTES:
         return None
     fx, fy = (np.concatenate([_spectrum(a, i, i + batch_size, h, w)[sel] for i in range(0, a.shape[0], batch_size)],

@@ -133,8 +133,6 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
     On the whole set a wide layer is reduced once: shuffling rows commutes with centring and projecting, so
     the shuffled side's projection is the projection's rows shuffled (a subset is reduced afresh each time)."""
     n = x.shape[0]
-    k = None if size else _pair_k(x, y, images_per_dim)
-    base = (top_directions(x, k), top_directions(y, k)) if k and set(measures) & set(REDUCIBLE) else None
     draws = []                                  # drawn first, in the same order as they are used below
     for _ in range(int(n_shuffles)):
         sub = np.sort(rng.choice(n, size, replace=False)) if size else np.arange(n)
@@ -142,6 +140,8 @@ def _chance_stats(x: Any, y: Any, measures: Sequence[str], n_shuffles: int, size
     fast = _dft_shuffles(x, y, measures, draws, size, images_per_dim)
     if fast is not None:
         return fast
+    k = None if size else _pair_k(x, y, images_per_dim)
+    base = (top_directions(x, k), top_directions(y, k)) if k and set(measures) & set(REDUCIBLE) else None
     vals: dict[str, list] = {m: [] for m in measures}
     for sub, perm in draws:
         red = None if base is None else (base[0], base[1][perm])
