@@ -155,7 +155,28 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float, curve_steps: int
     rows.append({"stage": "similarity (DFT-CCA)", "count": f"{pairs} comparisons x {_similarity_passes(sim, probe):.3g} "
                  f"probe-set passes (chance shuffles, subsamples), at {f64_tflops:g} TFLOP/s float64",
                  "epochs": None, "seconds": sim_s})
+    ctl = C.control_settings(cfg)
+    if ctl and model_spec and "dft_cca_mean98" in ctl["measures"]:
+        rows.append(_controls_row(ctl, model_spec, cfg, probe, n_tr, f64_tflops))
     return rows
+
+
+def _controls_row(ctl: dict, model_spec: dict, cfg: dict, probe: int, n_tr: int, f64_tflops: float) -> dict:
+    """The positive controls' DFT-CCA: identification's cross-layer matrix (every pair of conv layers at their
+    overlapping frequencies, channels_i x channels_j products) and change detection (each layer once, after
+    capturing the checkpoint and its re-initialised copy: two probe-set forwards); no shuffles."""
+    info = (3, 32, 10) if cfg["data"]["name"].startswith("cifar") else (1, 28, 10)
+    shapes = _layer_shapes(model_spec, info)
+    flops = 0.0
+    if ctl.get("identification"):
+        flops += sum(min(hi, hj) * min(wi, wj) * 3 * probe * ci * cj * 8
+                     for ci, hi, wi in shapes for cj, hj, wj in shapes)
+    if ctl.get("change_detection"):
+        flops += sum(h * w * 3 * probe * c * c * 8 for c, h, w in shapes)
+    return {"stage": "positive controls (DFT-CCA)", "count": f"{len(shapes)} x {len(shapes)} layer pairs (identification) "
+            f"+ {len(shapes)} (change detection), at {f64_tflops:g} TFLOP/s float64; 2 probe-set forwards",
+            "epochs": 2 * FWD * probe / n_tr if ctl.get("change_detection") else 0.0,
+            "seconds_extra": flops / (f64_tflops * 1e12)}
 
 
 def _similarity_passes(sim: dict, probe: int) -> float:
@@ -182,6 +203,7 @@ def markdown(rows: list[dict], costs: dict, cfg_path: str, source: str) -> str:
                 a = b = r["seconds"] / 3600
             else:
                 a, b = r["epochs"] * lo / 3600, r["epochs"] * hi / 3600
+            a, b = a + r.get("seconds_extra", 0.0) / 3600, b + r.get("seconds_extra", 0.0) / 3600
             tot[c][0] += a
             tot[c][1] += b
             cells.append(f"{a:.2f}-{b:.2f}" if abs(a - b) > 1e-9 else f"{a:.2f}")

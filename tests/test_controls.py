@@ -196,3 +196,75 @@ def test_controls_reduce_wide_layers_as_the_similarity_table_does():
     assert mats["cca_mean"][1, 1] != K.cross_matrix(a, b, ms)["cca_mean"][1, 1]   # the reduction took effect
     cfg = C.load_config(Path(__file__).resolve().parents[1] / "config" / "cifar_lite.yaml")
     assert C.control_settings(cfg)["images_per_dim"] == C.similarity_settings(cfg)["images_per_dim"] == 5
+
+
+def _conv_chain(rng, n=300):
+    """Conv-like maps (N, C, H, W) of two sizes and an FC layer, each a function of the previous one."""
+    x = rng.standard_normal((n, 4, 8, 8))
+    c1 = np.tanh(np.einsum("oc,nchw->nohw", rng.standard_normal((6, 4)), x))
+    c2 = np.tanh(np.einsum("oc,nchw->nohw", rng.standard_normal((6, 6)), c1.reshape(n, 6, 4, 2, 4, 2).mean(axis=(3, 5))))
+    fc = np.tanh(c2.mean(axis=(2, 3)) @ rng.standard_normal((6, 40)))
+    return {"c1": c1, "c2": c2, "fc": fc}
+
+
+def test_controls_compute_dft_cca_as_the_similarity_table_does():
+    """DFT-CCA in the controls (issue 25): a conv pair on its full maps, a pair with an FC side on the spatial
+    means reduced as the table reduces a 2-D layer (DFT-CCA of an FC layer is CCA mean98 of its DC frequency),
+    the other measures on the spatial means; the diagonal equals the similarity table's value."""
+    from closerlook.similarity import dft_cca
+    from closerlook.similarity_tables import layer_rows
+
+    rng = np.random.default_rng(0)
+    a = _conv_chain(rng)
+    b = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in a.items()}
+    ms = ["dft_cca_mean98", "cca_mean98", "linear_cka"]
+    mats = K.cross_matrix(a, b, ms, images_per_dim=10)
+    for r in layer_rows(a, b, ms, chance=False, images_per_dim=10):
+        i = ["c1", "c2", "fc"].index(r["layer"])
+        assert mats[r["measure"]][i, i] == r["value"], r  # exact: the same computation on the same arrays
+    assert mats["dft_cca_mean98"][0, 1] == dft_cca(a["c1"], b["c2"]).value  # exact: one call, sizes 8 vs 4
+    # conv vs FC: the DC frequency only, i.e. CCA mean98 of the spatial means, with fc (40 wide, 300 images) reduced
+    # 1e-10: CCA of the one DC frequency (complex arithmetic) vs plain CCA, float64 reorderings of O(1) values
+    assert mats["dft_cca_mean98"][1, 2] == pytest.approx(mats["cca_mean98"][1, 2], abs=1e-10)
+    assert np.isfinite(mats["dft_cca_mean98"]).all()
+
+
+def test_dft_cca_identifies_conv_layers_up_to_a_channel_mixing():
+    rng = np.random.default_rng(1)
+    a = _conv_chain(rng)
+    b = {k: (np.einsum("oc,nchw->nohw", _rotation(rng, v.shape[1]), v) if v.ndim == 4 else v @ _rotation(rng, v.shape[1]))
+         for k, v in a.items()}
+    r = K.identification(a, b, ["dft_cca_mean98"])["measures"]["dft_cca_mean98"]
+    assert r["share"] == 1.0 and r["margin"] > 0  # exact: 3/3, a count ratio
+
+
+def test_change_detection_reads_full_maps_for_dft_cca():
+    rng = np.random.default_rng(2)
+    a = _conv_chain(rng)
+    changed = dict(a, c2=np.tanh(rng.standard_normal(a["c2"].shape)))
+    res = K.change_detection(a, changed, ["dft_cca_mean98", "linear_cka"], "c2", min_before=0.99, max_target=0.5)
+    vals = {(r["layer"], r["measure"]): r["value"] for r in res["rows"]}
+    assert vals[("c1", "dft_cca_mean98")] == pytest.approx(1.0, abs=1e-6)  # identical maps, float64 CCA
+    assert vals[("c2", "dft_cca_mean98")] < 0.5 and res["measures"]["dft_cca_mean98"]["passes"]
+
+
+def test_control_settings_keep_dft_cca_only_with_full_maps():
+    import copy
+    from pathlib import Path
+
+    from closerlook import config as C
+
+    cfg = C.load_config(Path(__file__).resolve().parents[1] / "config" / "demo.yaml")
+    cfg = copy.deepcopy(cfg)
+    cfg.setdefault("similarity", {})["measures"] = ["dft_cca_mean98", "cca_mean", "linear_cka"]
+    cfg["controls"].pop("measures", None)
+    cfg["activations"] = dict(cfg.get("activations") or {}, mode="pool")
+    assert C.control_settings(cfg)["measures"] == ["cca_mean", "linear_cka"]
+    cfg["activations"]["mode"] = "full"
+    assert C.control_settings(cfg)["measures"] == ["dft_cca_mean98", "cca_mean", "linear_cka"]
+    from closerlook.io import ConfigError
+
+    cfg["activations"]["mode"] = "pool"
+    cfg["controls"]["measures"] = ["dft_cca_mean98"]
+    with pytest.raises(ConfigError, match="controls.measures: dft_cca_mean98 reads full conv maps"):
+        C.control_settings(cfg)

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .similarity import SampleSizeWarning
-from .similarity_tables import _values
+from .similarity_tables import _SPATIAL_MEASURES, _values
 
 __all__ = [
     "CONTROL_DEFAULTS",
@@ -69,17 +69,37 @@ def _quiet_values(x: Any, y: Any, measures: Sequence[str], images_per_dim: float
         return _values(x, y, measures, strict=False, images_per_dim=images_per_dim)
 
 
+def _spatial_split(measures: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(measures read on spatially averaged maps, measures read on full conv maps: DFT-CCA)."""
+    return [m for m in measures if m not in _SPATIAL_MEASURES], [m for m in measures if m in _SPATIAL_MEASURES]
+
+
+def _pair_values(full: tuple[Any, Any], flat: tuple[Any, Any], measures: Sequence[str],
+                 images_per_dim: float | None) -> dict[str, float]:
+    """Every measure of one layer pair, each on the view the similarity table gives it: DFT-CCA on the full
+    maps when both layers are conv maps, and otherwise (an FC layer on either side, where DFT-CCA is CCA
+    mean98 of the one shared DC frequency) on the spatial means, reduced under ``images_per_dim`` as the
+    table reduces a 2-D layer; the other measures on the spatial means."""
+    pooled_ms, spatial = _spatial_split(measures)
+    v = _quiet_values(*flat, pooled_ms, images_per_dim) if pooled_ms else {}
+    if spatial:
+        both_maps = np.ndim(full[0]) == 4 and np.ndim(full[1]) == 4
+        v.update(_quiet_values(*(full if both_maps else flat), spatial, images_per_dim))
+    return {m: v[m] for m in measures}
+
+
 def cross_matrix(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str],
                  layers: Sequence[str] | None = None, images_per_dim: float | None = None) -> dict[str, np.ndarray]:
     """Per measure, ``M[i, j] = measure(acts_a[layers[i]], acts_b[layers[j]])`` (NaN where it cannot be computed).
 
-    Every measure of one layer pair shares one covariance accumulator."""
+    Every non-spatial measure of one layer pair shares one covariance accumulator. DFT-CCA between conv maps
+    of different sizes compares their overlapping low frequencies (:func:`closerlook.similarity.dft_cca`)."""
     names = list(layers if layers is not None else [k for k in acts_a if k in acts_b])
     a, b = pooled(acts_a, names), pooled(acts_b, names)
     mats = {m: np.full((len(names), len(names)), np.nan) for m in measures}
     for i, la in enumerate(names):
         for j, lb in enumerate(names):
-            v = _quiet_values(a[la], b[lb], measures, images_per_dim)
+            v = _pair_values((acts_a[la], acts_b[lb]), (a[la], b[lb]), measures, images_per_dim)
             for m in measures:
                 mats[m][i, j] = v[m]
     return mats
@@ -245,7 +265,7 @@ def change_detection(acts_orig: Mapping[str, Any], acts_changed: Mapping[str, An
     a, b = pooled(acts_orig, names), pooled(acts_changed, names)
     rows = []
     for i, name in enumerate(names):
-        v = _quiet_values(a[name], b[name], measures, images_per_dim)
+        v = _pair_values((acts_orig[name], acts_changed[name]), (a[name], b[name]), measures, images_per_dim)
         role = "before" if i < t else ("target" if i == t else "after")
         rows += [{"layer": name, "layer_index": i, "role": role, "measure": m, "value": float(v[m])} for m in measures]
     out = {}

@@ -267,6 +267,6 @@ class ControlSettings(Settings):
     """The similarity measures' positive controls (:data:`closerlook.defaults.CONTROL_DEFAULTS`)."""
     BLOCK = "controls"
     DEFAULTS = (D.CONTROL_DEFAULTS, {"images_per_dim": None})
-    CHECKS = {"measures": optional(list_of(one_of(*(m for m in _MEASURES if m != "dft_cca_mean98")), min_len=1)), "identification": optional(mapping),
+    CHECKS = {"measures": optional(list_of(one_of(*_MEASURES), min_len=1)), "identification": optional(mapping),
               "change_detection": optional(mapping), "level": number(0, 1, strict=True), "min_before": number(0, 1),
               "max_target": number(0, 1), "seed": _nonneg, "images_per_dim": optional(number(1))}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ..io import ConfigError
 from ..settings_types import (AlignSettings, AutonebSettings, CaptureSettings, ControlSettings, CurveSettings,
                               EnsembleSettings, LensSettings, PlaneSettings, SharpnessSettings, SimilaritySettings,
                               merge)
@@ -72,14 +73,19 @@ def claim_rules(cfg: dict) -> dict:
 
 
 def control_settings(cfg: dict) -> ControlSettings | dict:
-    """The `controls:` block over CONTROL_DEFAULTS; `measures` defaults to the similarity block's measures (the
-    DFT measure, which needs full conv maps, is left out) and `images_per_dim` is always the similarity block's
-    (the controls compute each measure as the similarity table does). {} when no control is configured."""
+    """The `controls:` block over CONTROL_DEFAULTS; `measures` defaults to the similarity block's measures and
+    `images_per_dim` is always the similarity block's (the controls compute each measure as the similarity table
+    does). The DFT measure reads full conv maps, so it is left out unless `activations.mode` is `full` (the
+    stores then hold them, and change detection captures them too). {} when no control is configured."""
     block = cfg.get("controls") or {}
     if not (block.get("identification") or block.get("change_detection")):
         return {}
     sim = similarity_settings(cfg)
     derived = {"images_per_dim": sim["images_per_dim"]}
+    full_maps = activation_settings(cfg)["mode"] == "full"
     if not block.get("measures"):
-        derived["measures"] = [m for m in sim["measures"] if m != "dft_cca_mean98"]
+        derived["measures"] = [m for m in sim["measures"] if full_maps or m != "dft_cca_mean98"]
+    elif "dft_cca_mean98" in block["measures"] and not full_maps:
+        raise ConfigError("controls.measures: dft_cca_mean98 reads full conv maps; set activations.mode: full "
+                          f"(it is {activation_settings(cfg)['mode']!r}) or leave the measure out")
     return ControlSettings.of(block, derived)
