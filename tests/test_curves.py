@@ -731,3 +731,18 @@ def test_plateau_schedule_halves_the_lr_at_each_check_without_improvement(tmp_pa
     assert df["stopped"].tolist() == [False] * 5 + [True]
     with pytest.raises(ConfigError, match="plateau"):
         C.fit_curve(curve, TensorLoader(x, y, 10), epochs=2, lr=0.04, schedule="plateau")
+
+
+def test_plateau_patience_halves_the_lr_after_that_many_misses_in_a_row():
+    """plateau_patience 2: a single miss leaves the lr; the second miss in a row halves it, the fourth again."""
+    vals = iter([1.0, 1.0, 0.5] + [0.5] * 6)   # wait: 0, 1, 0, then 1 .. 6 -> stop at 6
+    curve, x, y = _fit_setup()
+    df = C.fit_curve(curve, TensorLoader(x, y, 10), epochs=20, lr=0.04, seed=0, schedule="plateau",
+                     stop={"min_delta": 0.01, "patience": 6}, monitor=lambda c: next(vals), plateau_patience=2)
+    assert df["stop_wait"].tolist() == [0, 1, 0, 1, 2, 3, 4, 5, 6]
+    # the lr of epoch e is set from the rows before it: halved after the rows with wait 2, 4 (and 6: stopped)
+    assert df["lr"].tolist() == pytest.approx([0.04, 0.04, 0.04, 0.04, 0.04, 0.02, 0.02, 0.01, 0.01])
+    assert C.plateau_lr_factor(df.to_dict("records"), 1) == 0.5 ** 7    # exact: powers of two; every miss
+    with pytest.raises(ConfigError, match="plateau_patience"):
+        C.fit_curve(curve, TensorLoader(x, y, 10), epochs=2, lr=0.04, schedule="plateau",
+                    stop={"min_delta": 0.01, "patience": 2}, monitor=lambda c: 1.0, plateau_patience=0)

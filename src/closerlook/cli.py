@@ -97,6 +97,8 @@ def _curves_parser() -> argparse.ArgumentParser:
     for flag, key in (("--batch-size", "batch_size"), ("--t-per-batch", "t_per_batch"), ("--resume-every", "resume_every")):
         f.add_argument(flag, type=int, default=d[key])
     f.add_argument("--schedule", default=d["schedule"], choices=list(SCHEDULES))
+    f.add_argument("--plateau-patience", type=int, default=d["plateau_patience"],
+                   help="--schedule plateau: halve the lr after this many checks in a row without improvement")
     f.add_argument("--t-sampling", default=d["t_sampling"], choices=list(T_SAMPLINGS))
     f.add_argument("--t-split", action=argparse.BooleanOptionalAction, default=d["t_split"])
     f.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
@@ -174,6 +176,7 @@ def curves_main(argv: Sequence[str] | None = None) -> int:
             settings = {"kind": args.kind, "num_bends": args.num_bends, "epochs": args.epochs, "lr": args.lr,
                         "momentum": args.momentum, "weight_decay": args.wd, "batch_size": args.batch_size,
                         "t_per_batch": args.t_per_batch, "schedule": args.schedule, "augment": augment,
+                        "plateau_patience": args.plateau_patience,
                         "t_sampling": args.t_sampling, "t_split": args.t_split,
                         "resume": not args.no_resume, "checkpoint_epochs": args.checkpoint_epochs,
                         "resume_every": args.resume_every, "stop": None}

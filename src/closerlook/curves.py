@@ -74,17 +74,20 @@ def garipov_lr_factor(epoch: int | float, total_epochs: int) -> float:
 PLATEAU_FACTOR = 0.5   # "plateau": lr x this at every stopping-rule check that does not improve (docs/curve-fitting.md)
 
 
-def plateau_lr_factor(rows: Sequence[Mapping]) -> float:
-    """Decay on plateau: ``PLATEAU_FACTOR`` to the number of stopping-rule checks so far that did not improve
-    on the best by more than ``min_delta`` (a function of the saved rows: a resumed fit gets the same lr)."""
+def plateau_lr_factor(rows: Sequence[Mapping], patience: int = 1) -> float:
+    """Decay on plateau: ``PLATEAU_FACTOR`` to the number of times so far that ``patience`` consecutive
+    stopping-rule checks did not improve on the best by more than ``min_delta`` (1: every such check; a
+    larger value lets a noisy measure wander before the lr falls). A function of the saved rows: a resumed
+    fit gets the same lr."""
     misses = sum(1 for r in rows if math.isfinite(float(r.get("stop_max_loss", float("nan"))))
-                 and int(r.get("stop_wait", 0)) > 0)
+                 and int(r.get("stop_wait", 0)) > 0 and int(r.get("stop_wait", 0)) % int(patience) == 0)
     return PLATEAU_FACTOR ** misses
 
 
-def _lr_factor(schedule: str | Callable, epoch: int, epochs: int, rows: Sequence[Mapping] = ()) -> float:
+def _lr_factor(schedule: str | Callable, epoch: int, epochs: int, rows: Sequence[Mapping] = (),
+               plateau_patience: int = 1) -> float:
     if schedule == "plateau":
-        return plateau_lr_factor(rows)
+        return plateau_lr_factor(rows, plateau_patience)
     if callable(schedule):
         return float(schedule(epoch, epochs))
     if schedule == "garipov":
@@ -107,7 +110,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
               out_dir: str | Path | None = None, resume: bool = True, seed: int = 0, device: Any = None,
               resume_every: int | None = FIT_DEFAULTS["resume_every"], checkpoint_epochs: Sequence[int] = (),
               meta: dict | None = None, log: Callable[[str], None] | None = None,
-              stop: Mapping | None = None, monitor: Callable[["Curve"], float] | None = None):
+              stop: Mapping | None = None, monitor: Callable[["Curve"], float] | None = None,
+              plateau_patience: int = FIT_DEFAULTS["plateau_patience"]):
     """Train the bends of ``curve`` on ``loader`` (a ``DeviceLoader`` or any iterable of (x, y)).
 
     One t ~ U(0, 1) per minibatch (``t_per_batch`` > 1: several, losses
@@ -116,7 +120,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
     point; SGD (momentum, weight decay 0) on the bends only; learning rate
     ``lr * factor(epoch)`` set at the start of each epoch (``schedule``
     "garipov": the reference's, scaled to ``epochs``; "constant"; "plateau": x0.5 at every stopping-rule
-    check that does not improve, so its shape does not depend on the cap; or a callable (epoch, epochs)).
+    check that does not improve, or after each ``plateau_patience`` consecutive ones, so its shape does not
+    depend on the cap; or a callable (epoch, epochs)).
     BN layers use batch statistics (training mode). With ``out_dir``: per-epoch
     ``metrics.csv``, ``curve_epoch{E}.pt`` for ``checkpoint_epochs``, final
     ``curve.pt`` (io checkpoint format, state = the curve's state dict, meta
@@ -136,6 +141,8 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         raise ConfigError(f"epochs: must be >= 1, got {epochs}")
     if t_per_batch < 1:
         raise ConfigError(f"t_per_batch: must be >= 1, got {t_per_batch}")
+    if int(plateau_patience) < 1:
+        raise ConfigError(f"plateau_patience: must be >= 1, got {plateau_patience}")
     if t_sampling not in T_SAMPLINGS:
         raise ConfigError(f"t_sampling: {t_sampling!r} is not one of {', '.join(T_SAMPLINGS)}")
     if device is not None:
@@ -148,6 +155,7 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
                **({"t_sampling": t_sampling, "t_split": bool(t_split)} if (t_sampling, bool(t_split)) != ("uniform", False)
                   else {}),
                "schedule": schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "callable"),
+               **({"plateau_patience": int(plateau_patience)} if int(plateau_patience) != 1 else {}),
                "seed": int(seed), "batches_per_epoch": _loader_len(loader),
                "start_sum": float(curve.start_params.double().sum()), "end_sum": float(curve.end_params.double().sum())}
     rule = _stop_rule(stop, monitor)
@@ -171,7 +179,7 @@ def fit_curve(curve: Curve, loader: Any, *, epochs: int, lr: float, momentum: fl
         fit.restore(say)
     curve.train()
     while fit.epoch < epochs and fit.status == "ok" and not fit.stopped:
-        lr_e = lr * _lr_factor(schedule, fit.epoch, epochs, fit.rows)
+        lr_e = lr * _lr_factor(schedule, fit.epoch, epochs, fit.rows, int(plateau_patience))
         for g in fit.opt.param_groups:
             g["lr"] = lr_e
         fit.run_epoch(loader, wd, t_per_batch, resume_every, say, t_sampling, bool(t_split))

@@ -65,7 +65,7 @@ SIMILARITY_MEASURES = ("cca_mean", "cca_mean98", "cca_mean_squared", "svcca", "p
 FIT_DEFAULTS: dict[str, Any] = {
     "kind": "bezier", "num_bends": 3, "epochs": 10, "lr": 0.05, "weight_decay": 5.0e-4, "momentum": 0.9,
     "batch_size": 128, "t_per_batch": 4, "t_sampling": "stratified", "t_split": True, "augment": False,
-    "schedule": "plateau",
+    "schedule": "plateau", "plateau_patience": 1,   # plateau: lr x0.5 after this many checks in a row without improvement
     "resume": True, "checkpoint_epochs": [], "resume_every": 200,
     "stop": {"min_delta": 0.01, "patience": 2},   # the stopping rule (STOP_DEFAULTS keys); None: the full ``epochs``
 }

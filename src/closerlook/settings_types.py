@@ -155,7 +155,7 @@ class CurveSettings(Settings):
     CHECKS = {"kind": one_of(*(k for k in D.CURVE_KINDS if k != "line")), "num_bends": integer(3), "epochs": _pos, "lr": number(0, strict=True),
               "weight_decay": number(0), "momentum": number(0, 1), "batch_size": _pos, "t_per_batch": _pos,
               "t_sampling": one_of(*D.T_SAMPLINGS), "t_split": boolean, "augment": boolean,
-              "schedule": one_of(*D.FIT_SCHEDULES), "resume": boolean,
+              "schedule": one_of(*D.FIT_SCHEDULES), "plateau_patience": _pos, "resume": boolean,
               "checkpoint_epochs": list_of(_nonneg), "resume_every": _pos, "stop": optional(mapping), "points": integer(2),
               **_eval}
     REFS = frozenset({"start", "end", "align"})

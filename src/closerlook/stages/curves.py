@@ -44,6 +44,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
                               augment=bool(s["augment"]), shuffle=True, seed=seed, drop_last=False)
         fit = {"epochs": s["epochs"], "lr": s["lr"], "wd": s["weight_decay"], "momentum": s["momentum"],
                "batch_size": s["batch_size"], "t_per_batch": s["t_per_batch"], "schedule": s["schedule"],
+               **({"plateau_patience": s["plateau_patience"]} if s["plateau_patience"] != 1 else {}),
                "t_sampling": s["t_sampling"], "t_split": bool(s["t_split"]),
                "augment": bool(s["augment"]), "data": d}
         if s["stop"] is not None:
@@ -54,7 +55,7 @@ def fit_curve(start: str, end: str, out: str, settings: Mapping, data: Mapping, 
                          t_per_batch=s["t_per_batch"], schedule=s["schedule"], out_dir=outd, resume=s["resume"],
                          t_sampling=s["t_sampling"], t_split=bool(s["t_split"]),
                          seed=seed, checkpoint_epochs=s["checkpoint_epochs"], meta=meta, log=log,
-                         resume_every=s["resume_every"], stop=s["stop"],
+                         resume_every=s["resume_every"], stop=s["stop"], plateau_patience=s["plateau_patience"],
                          monitor=_stop_monitor(s, xtr, ytr, info, dev))
     publish(outd, outputs)
 
