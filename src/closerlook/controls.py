@@ -18,6 +18,10 @@ Two controls, each judged per measure against a threshold fixed before any activ
   judged (a perfect measure may rank a later layer lowest). CCA is invariant to invertible linear
   maps, so a re-initialised wide layer can keep a high CCA: that is what this control detects.
 
+Each measure is read as the similarity table reads it: DFT-CCA on full conv maps (a store captured with
+``activations.mode: full``; conv layers of different sizes at their overlapping low frequencies), the others
+on spatial means, wide 2-D layers reduced under ``images_per_dim``.
+
 Everything here is a pure function of activation stores (``{layer: (N, F) or (N, C, H, W)}``,
 e.g. :func:`closerlook.activations.load_store`) except :func:`reinitialise`, which works on any
 ``torch.nn.Module``. The outputs follow interface A of the team contracts: ``controls.csv`` (one
