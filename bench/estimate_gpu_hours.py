@@ -54,6 +54,11 @@ def _has_bn(model_spec: dict) -> bool:
     return bool(model_spec.get("batch_norm", False)) or model_spec.get("name") == "resnet18"
 
 
+def _data_shape(cfg: dict) -> tuple[int, int, int]:
+    """(channels, image size, classes) of the config's data set (CIFAR-10 or Fashion-MNIST)."""
+    return (3, 32, 10) if cfg["data"]["name"].startswith("cifar") else (1, 28, 10)
+
+
 def _layer_shapes(model_spec: dict, info: tuple[int, int, int]) -> list[tuple[int, int, int]]:
     import torch
 
@@ -146,7 +151,7 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float, curve_steps: int
                  "epochs": len(ckpts) * FWD * probe / n_tr})
     sim_s = 0.0
     if pairs and any(str(m).startswith("dft") for m in sim["measures"]):
-        info = (3, 32, 10) if cfg["data"]["name"].startswith("cifar") else (1, 28, 10)
+        info = _data_shape(cfg)
         flops = 0.0
         for c, h, w in _layer_shapes(model_spec, info):
             flops += h * w * 3 * probe * c * c * 8
@@ -165,8 +170,7 @@ def _controls_row(ctl: dict, model_spec: dict, cfg: dict, probe: int, n_tr: int,
     """The positive controls' DFT-CCA: identification's cross-layer matrix (every pair of conv layers at their
     overlapping frequencies, channels_i x channels_j products) and change detection (each layer once, after
     capturing the checkpoint and its re-initialised copy: two probe-set forwards); no shuffles."""
-    info = (3, 32, 10) if cfg["data"]["name"].startswith("cifar") else (1, 28, 10)
-    shapes = _layer_shapes(model_spec, info)
+    shapes = _layer_shapes(model_spec, _data_shape(cfg))
     flops = 0.0
     if ctl.get("identification"):
         flops += sum(min(hi, hj) * min(wi, wj) * 3 * probe * ci * cj * 8

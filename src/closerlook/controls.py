@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .similarity import SampleSizeWarning
-from .similarity_tables import _SPATIAL_MEASURES, _values
+from .similarity_tables import _values, pooled, split_spatial
 
 __all__ = [
     "CONTROL_DEFAULTS",
@@ -58,13 +58,6 @@ from .defaults import CONTROL_DEFAULTS  # noqa: E402 (torch-free: planning reads
 CONTROL_COLUMNS = ["control", "measure", "passes", "statistic", "threshold", "n_layers", "rule"]
 
 
-def pooled(acts: Mapping[str, Any], layers: Sequence[str] | None = None) -> dict[str, Any]:
-    """2-D views of a store: conv maps ``(N, C, H, W)`` averaged over space (as the similarity table does)."""
-    names = list(layers if layers is not None else acts)
-    return {k: (np.asarray(acts[k], dtype=np.float64).mean(axis=(2, 3)) if np.ndim(acts[k]) == 4 else acts[k])
-            for k in names}
-
-
 def _quiet_values(x: Any, y: Any, measures: Sequence[str], images_per_dim: float | None = None) -> dict[str, float]:
     """The similarity table's computation (wide layers reduced as ``similarity.images_per_dim`` says), so a
     control tests the measure the claims are judged on."""
@@ -73,18 +66,13 @@ def _quiet_values(x: Any, y: Any, measures: Sequence[str], images_per_dim: float
         return _values(x, y, measures, strict=False, images_per_dim=images_per_dim)
 
 
-def _spatial_split(measures: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(measures read on spatially averaged maps, measures read on full conv maps: DFT-CCA)."""
-    return [m for m in measures if m not in _SPATIAL_MEASURES], [m for m in measures if m in _SPATIAL_MEASURES]
-
-
 def _pair_values(full: tuple[Any, Any], flat: tuple[Any, Any], measures: Sequence[str],
                  images_per_dim: float | None) -> dict[str, float]:
     """Every measure of one layer pair, each on the view the similarity table gives it: DFT-CCA on the full
     maps when both layers are conv maps, and otherwise (an FC layer on either side, where DFT-CCA is CCA
     mean98 of the one shared DC frequency) on the spatial means, reduced under ``images_per_dim`` as the
     table reduces a 2-D layer; the other measures on the spatial means."""
-    pooled_ms, spatial = _spatial_split(measures)
+    pooled_ms, spatial = split_spatial(measures)
     v = _quiet_values(*flat, pooled_ms, images_per_dim) if pooled_ms else {}
     if spatial:
         both_maps = np.ndim(full[0]) == 4 and np.ndim(full[1]) == 4

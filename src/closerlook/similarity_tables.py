@@ -236,6 +236,18 @@ def layer_table(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any],
 _SPATIAL_MEASURES = ("dft_cca_mean98",)
 
 
+def split_spatial(measures: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(measures read on spatially averaged maps, measures read on full conv maps: DFT-CCA)."""
+    return [m for m in measures if m not in _SPATIAL_MEASURES], [m for m in measures if m in _SPATIAL_MEASURES]
+
+
+def pooled(acts: Mapping[str, Any], layers: Sequence[str] | None = None) -> dict[str, Any]:
+    """2-D views of a store: conv maps ``(N, C, H, W)`` averaged over space (what the non-spatial measures read)."""
+    names = list(layers if layers is not None else acts)
+    return {k: (np.asarray(acts[k], dtype=np.float64).mean(axis=(2, 3)) if np.ndim(acts[k]) == 4 else acts[k])
+            for k in names}
+
+
 def layer_rows(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: Sequence[str], *,
                chance: bool = True, n_shuffles: int = CHANCE_SHUFFLES, subsamples: Mapping | None = None,
                seed: int = 0, images_per_dim: float | None = None) -> list[dict]:
@@ -245,18 +257,12 @@ def layer_rows(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measures: S
     measures (DFT-CCA) and spatially averaged to the others.
     """
     layers = [k for k in acts_a if k in acts_b]
-    spatial = [m for m in measures if m in _SPATIAL_MEASURES]
-    flat = [m for m in measures if m not in _SPATIAL_MEASURES]
-
-    def pooled(acts):
-        return {k: (np.asarray(v, dtype=np.float64).mean(axis=(2, 3)) if np.ndim(v) == 4 else v)
-                for k, v in acts.items() if k in layers}
-
+    flat, spatial = split_spatial(measures)
     kw = dict(layers=layers, chance=chance, n_shuffles=n_shuffles, subsamples=subsamples, seed=seed,
               images_per_dim=images_per_dim)
     rows = []
     if flat:
-        rows += layer_table(pooled(acts_a), pooled(acts_b), flat, **kw)
+        rows += layer_table(pooled(acts_a, layers), pooled(acts_b, layers), flat, **kw)
     if spatial:
         rows += layer_table(acts_a, acts_b, spatial, **kw)
     return rows
