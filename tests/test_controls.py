@@ -268,3 +268,62 @@ def test_control_settings_keep_dft_cca_only_with_full_maps():
     cfg["controls"]["measures"] = ["dft_cca_mean98"]
     with pytest.raises(ConfigError, match="controls.measures: dft_cca_mean98 reads full conv maps"):
         C.control_settings(cfg)
+
+
+def test_poisson_binomial_threshold_matches_enumeration_and_the_binomial():
+    import itertools
+
+    for L in (3, 9, 20):  # equal chances: the binomial threshold of the all-layers test
+        assert K.poisson_binomial_threshold([1 / L] * L, 0.95) == K.identification_threshold(L, 0.95)
+    probs = [0.5] * 6 + [1 / 3] * 3  # small_cnn judged by shape: three conv pairs and three FC layers
+    tail = [0.0] * (len(probs) + 2)
+    for hits in itertools.product((0, 1), repeat=len(probs)):
+        pr = float(np.prod([p if h else 1 - p for h, p in zip(hits, probs)]))
+        for k in range(sum(hits) + 1):
+            tail[k] += pr
+    k = K.poisson_binomial_threshold(probs, 0.95)
+    assert tail[k] <= 0.05 < tail[k - 1]
+    assert K.poisson_binomial_threshold([0.5, 0.5], 0.95) == 3  # even 2/2 (p = 0.25) is not enough
+
+
+def test_identification_by_shape_ignores_matches_across_shapes():
+    """DFT-CCA's bias (fewer shared frequencies read higher) made every conv row pick an FC column;
+    judged among layers of the row's own shape, the corresponding layer wins; singleton shapes are
+    left out of the count."""
+    mat = np.array([[0.6, 0.5, 0.1, 0.1, 0.9],
+                    [0.5, 0.6, 0.1, 0.1, 0.9],
+                    [0.1, 0.1, 0.7, 0.2, 0.9],
+                    [0.1, 0.1, 0.2, 0.7, 0.9],
+                    [0.1, 0.1, 0.1, 0.1, 0.8]])
+    shapes = [(4, 8, 8), (4, 8, 8), (6, 4, 4), (6, 4, 4), (40,)]
+    assert K.identification_stats(mat)["identified"] == 1   # all layers: only the FC row
+    j = K.judged_identification(mat, shapes, 0.9)
+    assert (j["n"], j["identified"], j["chance"]) == (4, 4, 0.5)  # exact: counts and 1/2
+    assert j["threshold_count"] == 4 and j["passes"]   # P(4 of 4) = 1/16 <= 0.1
+    everything = K.judged_identification(mat, [()] * 5, 0.9)
+    assert everything["identified"] == 1 and not everything["passes"]
+
+
+def test_dft_cca_is_judged_among_layers_of_one_shape():
+    rng = np.random.default_rng(3)
+    n, x = 300, rng.standard_normal((300, 4, 8, 8))
+    acts, h = {}, x
+    for name, pool in (("c1a", False), ("c1b", False), ("c2a", True), ("c2b", False)):
+        if pool:
+            h = h.reshape(n, 6, 4, 2, 4, 2).mean(axis=(3, 5))
+        h = np.tanh(np.einsum("oc,nchw->nohw", rng.standard_normal((6, h.shape[1])) * 0.8, h))
+        acts[name] = h
+    f = h.mean(axis=(2, 3))
+    for name in ("fca", "fcb"):
+        f = np.tanh(f @ rng.standard_normal((f.shape[1], 12)))
+        acts[name] = f
+    mix = {k: (np.einsum("oc,nchw->nohw", _rotation(rng, v.shape[1]), v) if v.ndim == 4 else v @ _rotation(rng, v.shape[1]))
+           for k, v in acts.items()}
+    res = K.identification(acts, mix, ["dft_cca_mean98", "linear_cka"])
+    j = res["measures"]["dft_cca_mean98"]["judged"]
+    assert j["basis"] == "layers of the same shape" and (j["n"], j["identified"]) == (6, 6) and j["passes"]
+    assert res["measures"]["linear_cka"]["judged"]["basis"] == "all layers"
+    row = {r["measure"]: r for r in K.controls_table(res, None)}
+    assert row["dft_cca_mean98"]["passes"] and row["dft_cca_mean98"]["n_layers"] == 6
+    assert "Poisson-binomial" in row["dft_cca_mean98"]["rule"]
+    assert "layers of the same shape | 6/6 (>= 6)" in K.controls_markdown(res, None)

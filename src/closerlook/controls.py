@@ -11,6 +11,10 @@ Two controls, each judged per measure against a threshold fixed before any activ
   ``b``'s layers with ``i``'s width; mean CCA favours wide layers). Judged: the share among all
   ``L`` layers must reach the smallest ``k / L`` whose probability under chance (each layer's
   best match uniform over the ``L`` layers: ``Binomial(L, 1/L)``) is at most ``1 - level``.
+  DFT-CCA is judged among layers of one shape instead (maps of different sizes share only their low
+  frequencies, and fewer frequencies read higher): each row's best match among the other network's
+  layers of its shape, rows with no other such layer left out, the pass mark the Poisson-binomial
+  tail of the chances ``1 / group size`` at ``level``.
 * **Change detection**, the premise of claims 5-6 (one network at two iterations): one chosen
   middle layer of a trained network is re-initialised and every layer is compared with the
   original on the same images. Judged: every earlier layer at least ``min_before`` (identical up
@@ -46,6 +50,8 @@ __all__ = [
     "cross_matrix",
     "identification_threshold",
     "identification_stats",
+    "judged_identification",
+    "poisson_binomial_threshold",
     "identification",
     "middle_layer",
     "reinitialise",
@@ -112,6 +118,19 @@ def identification_threshold(n_layers: int, level: float) -> int:
     return n_layers + 1
 
 
+def poisson_binomial_threshold(probs: Sequence[float], level: float) -> int:
+    """The smallest count ``k`` with ``P(X >= k) <= 1 - level`` for ``X`` the number of successes of
+    independent trials with success probabilities ``probs`` (the Poisson binomial; ``Binomial(n, p)``
+    when every p is equal); ``len(probs) + 1`` when even all of them is not enough."""
+    pmf = np.array([1.0])
+    for p in probs:  # exact convolution: n is a network's layer count
+        pmf = np.concatenate([pmf * (1.0 - p), [0.0]]) + np.concatenate([[0.0], pmf * p])
+    tail = np.cumsum(pmf[::-1])[::-1]  # tail[k] = P(X >= k)
+    # a relative slack for the sum's rounding: P(X >= k) equal to 1 - level counts as "at most"
+    hits = np.nonzero(tail <= (1.0 - level) * (1.0 + 1e-9))[0]
+    return int(hits[0]) if hits.size else len(pmf)
+
+
 def _best(row: np.ndarray, candidates: np.ndarray) -> int:
     vals = np.where(candidates & np.isfinite(row), row, -np.inf)
     return int(np.argmax(vals)) if np.isfinite(vals).any() else -1
@@ -160,6 +179,30 @@ def identification_stats(mat: np.ndarray, widths: Sequence[int] | None = None) -
     }
 
 
+def judged_identification(mat: np.ndarray, groups: Sequence[Any], level: float) -> dict:
+    """Identification as the control judges it: each row's best match among the columns of its own group.
+
+    Rows whose group holds one layer are left out (their match is forced); under chance row ``i``'s
+    best match is uniform over its group's ``g_i`` layers, so the count identified is Poisson binomial
+    with probabilities ``1 / g_i`` and the pass mark is its tail at ``level``. One group for all layers
+    is Kornblith et al.'s test (``Binomial(L, 1/L)``)."""
+    mat, groups = np.asarray(mat, dtype=float), list(groups)
+    L = mat.shape[0]
+    size = [sum(g == h for h in groups) for g in groups]
+    rows = [i for i in range(L) if size[i] >= 2]
+    hits = sum(_best(mat[i], np.array([h == groups[i] for h in groups])) == i for i in rows)
+    probs = [1.0 / size[i] for i in rows]
+    k = poisson_binomial_threshold(probs, level)
+    n = len(rows)
+    return {"n": n, "identified": int(hits), "share": hits / n if n else float("nan"), "threshold_count": k,
+            "threshold": k / n if n else float("nan"), "chance": float(np.mean(probs)) if probs else float("nan"),
+            "passes": bool(n and hits >= k)}
+
+
+def _shapes(acts: Mapping[str, Any], layers: Sequence[str]) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in np.shape(acts[k])[1:]) for k in layers]
+
+
 def _widths(acts: Mapping[str, Any], layers: Sequence[str]) -> list[int]:
     return [int(np.shape(acts[k])[1]) if np.ndim(acts[k]) >= 2 else 1 for k in layers]
 
@@ -171,10 +214,19 @@ def identification(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any], measure
     "measures": {m: {"matrix", **identification_stats}}}``."""
     names = list(layers if layers is not None else [k for k in acts_a if k in acts_b])
     mats = cross_matrix(acts_a, acts_b, measures, names, images_per_dim)
-    widths = _widths(acts_a, names)
-    return {"layers": names, "widths": widths, "level": float(level),
-            "threshold_count": identification_threshold(len(names), level),
-            "measures": {m: {"matrix": mats[m], **identification_stats(mats[m], widths)} for m in measures}}
+    widths, shapes = _widths(acts_a, names), _shapes(acts_a, names)
+    spatial = set(split_spatial(measures)[1])
+    out = {}
+    for m in measures:
+        # DFT-CCA between maps of different sizes compares only their shared low frequencies, and fewer
+        # frequencies read higher (docs/similarity-controls.md): its values are comparable only between
+        # layers of one shape, so it is judged among those; the other measures among all layers
+        by_shape = m in spatial
+        judged = judged_identification(mats[m], shapes if by_shape else [()] * len(names), level)
+        judged["basis"] = "layers of the same shape" if by_shape else "all layers"
+        out[m] = {"matrix": mats[m], **identification_stats(mats[m], widths), "judged": judged}
+    return {"layers": names, "widths": widths, "shapes": shapes, "level": float(level),
+            "threshold_count": identification_threshold(len(names), level), "measures": out}
 
 
 def identification_rows(result: Mapping) -> list[dict]:
@@ -277,14 +329,11 @@ def controls_table(ident: Mapping | None, change: Mapping | None) -> list[dict]:
     """Rows of ``controls.csv`` (interface A): ``control, measure, passes, statistic, threshold, n_layers, rule``."""
     rows = []
     if ident:
-        L, k = len(ident["layers"]), ident["threshold_count"]
-        thr = k / L if L else float("nan")
         for m, r in ident["measures"].items():
-            rows.append({"control": "identification", "measure": m, "passes": bool(r["share"] >= thr),
-                         "statistic": r["share"], "threshold": thr, "n_layers": L,
-                         "rule": (f"share of the {L} layers whose most similar layer in the other seed is the "
-                                  f"corresponding one >= {k}/{L}: above chance 1/{L} at one-sided binomial level "
-                                  f"{ident['level']:g}")})
+            j = r["judged"]
+            rows.append({"control": "identification", "measure": m, "passes": j["passes"],
+                         "statistic": j["share"], "threshold": j["threshold"], "n_layers": j["n"],
+                         "rule": _identification_rule(j, ident["level"])})
     if change:
         L = len(change["layers"])
         for m, r in change["measures"].items():
@@ -296,6 +345,16 @@ def controls_table(ident: Mapping | None, change: Mapping | None) -> list[dict]:
     return rows
 
 
+def _identification_rule(j: Mapping, level: float) -> str:
+    if j["basis"] == "all layers":
+        n, k = j["n"], j["threshold_count"]
+        return (f"share of the {n} layers whose most similar layer in the other seed is the corresponding one "
+                f">= {k}/{n}: above chance 1/{n} at one-sided binomial level {level:g}")
+    return (f"share of the {j['n']} layers that share their shape with another whose most similar layer of "
+            f"that shape in the other seed is the corresponding one >= {j['threshold_count']}/{j['n']}: above "
+            f"chance (mean {j['chance']:.2f}) at one-sided Poisson-binomial level {level:g}")
+
+
 def _f(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
 
@@ -305,14 +364,17 @@ def controls_markdown(ident: Mapping | None, change: Mapping | None) -> str:
     out = []
     if ident:
         L, k, names = len(ident["layers"]), ident["threshold_count"], ident["layers"]
-        out += [f"#### Layer identification ({L} layers; pass: >= {k}/{L} identified, chance 1/{L}, "
-                f"level {ident['level']:g})", "",
+        out += [f"#### Layer identification ({L} layers, level {ident['level']:g}; judged among all layers, "
+                f"pass >= {k}/{L}, chance 1/{L}; DFT-CCA among layers of the same shape)", "",
                 "| measure | identified | within one layer | mean margin | equal width: identified | equal width: chance "
-                "| equal width: mean margin | passes |", "|---|---|---|---|---|---|---|---|"]
+                "| equal width: mean margin | judged among | judged: identified (pass) | passes |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in ident["measures"].items():
             eq = f"{_f(r['share_equal'], 2)} of {r['n_equal']}" if r["n_equal"] else "n/a (no shared widths)"
+            j = r["judged"]
             out.append(f"| {m} | {r['identified']}/{L} ({_f(r['share'], 2)}) | {_f(r['within_one'], 2)} | {_f(r['margin'])} "
-                       f"| {eq} | {_f(r['chance_equal'], 2)} | {_f(r['margin_equal'])} | {'yes' if r['share'] >= k / L else 'no'} |")
+                       f"| {eq} | {_f(r['chance_equal'], 2)} | {_f(r['margin_equal'])} | {j['basis']} "
+                       f"| {j['identified']}/{j['n']} (>= {j['threshold_count']}) | {'yes' if j['passes'] else 'no'} |")
         for m, r in ident["measures"].items():
             out += ["", f"Cross-layer matrix, {m} (rows: seed a, columns: seed b; best per row in bold):", "",
                     "| a \\ b | " + " | ".join(names) + " |", "|---" * (L + 1) + "|"]
