@@ -458,3 +458,54 @@ def test_dft_on_a_wide_fc_layer_is_reduced_like_cca():
     by = {r["measure"]: r for r in rows}
     assert by["dft_cca_mean98"]["dims"] == by["cca_mean98"]["dims"] == 20
     assert by["dft_cca_mean98"]["value"] == pytest.approx(by["cca_mean98"]["value"], abs=1e-10)
+
+
+def _dft_per_frequency(x, y):
+    """DFT-CCA's value with one _cca_solve call per frequency (the path before the stacked solve)."""
+    from closerlook import similarity_core as SC
+    from closerlook import similarity_dft as SD
+
+    x4, y4 = SD._as_4d(x, "x"), SD._as_4d(y, "y")
+    h, w, _fh, _fw, rep, sel = SD._frequencies(x4, y4)
+    sxx, syy, sxy = SD._dft_scatter(x4, y4, h, w, sel, 512, "float64")
+    kc = min(x4.shape[1], y4.shape[1])
+    coefs, m98 = np.zeros((h * w, kc)), np.zeros(h * w)
+    for t, k in enumerate(sel):
+        s = SC._cca_solve(x4.shape[0], sxx[t], syy[t], sxy[t], 0.0, 1e-10, check=False)["coefs"]
+        coefs[k, :s.size] = s
+        m98[k] = SC.mean_leading(coefs[k], 0.98)
+    return float(m98[rep].mean()), float(coefs[rep].mean())
+
+
+@pytest.mark.parametrize("case", ["generic", "dead_channel", "sizes_differ", "collinear"])
+def test_dft_cca_stacked_solve_equals_one_solve_per_frequency(case):
+    """The stacked Cholesky path runs the same LAPACK routines on the same matrices; frequencies it cannot take
+    (a dead or collinear channel: not positive definite / ill conditioned) fall back to the eigen path. 1e-12:
+    float64 throughout, only the order of a prefix sum differs (mean_leading_rows)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200, 6, 8, 8))
+    y = np.tanh(x[:, :5] + 0.5 * rng.standard_normal((200, 5, 8, 8)))
+    if case == "dead_channel":
+        x[:, 2] = 0.0
+    elif case == "sizes_differ":
+        y = y[:, :, ::2, ::2].copy()
+    elif case == "collinear":
+        y[:, 4] = y[:, 3]
+    r = S.dft_cca(x, y)
+    value, mean = _dft_per_frequency(x, y)
+    assert r.value == pytest.approx(value, abs=1e-12) and r.mean == pytest.approx(mean, abs=1e-12)
+
+
+def test_mean_leading_rows_is_mean_leading_per_row():
+    from closerlook.similarity_core import mean_leading_rows
+
+    rng = np.random.default_rng(6)
+    c = rng.random((300, 16))
+    c[3] = 0.0                      # all zero: 0.0
+    c[7] = 1.0                      # equal coefficients
+    c[9, 1:] = 0.0                  # one coefficient carries everything
+    want = [S.mean_leading(r, 0.98) for r in c]
+    assert np.allclose(mean_leading_rows(c, 0.98), want, rtol=0, atol=1e-12)
+    assert np.allclose(mean_leading_rows(c, 1.0), [S.mean_leading(r, 1.0) for r in c], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="threshold"):
+        mean_leading_rows(c, 0.0)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .similarity_core import (DEFAULT_RANK_TOL, _cca_solve, _check_products, _check_samples, _is_torch, _prep,
-                              _torch, mean_leading)
+                              _torch, mean_leading_rows)
 
 __all__ = ["DFTCCAResult", "dft_cca", "dft_cca_rows"]
 
@@ -165,15 +165,67 @@ def _solve(n: int, sxx, syy, sxy, rep, sel, hw: tuple[int, int], kcoef: int, fh,
     """The per-frequency CCA of the scatter matrices (one per solved frequency), mapped back onto every frequency."""
     h, w = hw
     coefs = np.zeros((h * w, kcoef))
-    m98 = np.zeros(h * w)
+    fast = _stacked_cholesky_cca(n, sxx, syy, sxy, tol) if not epsilon else None
     for t, k in enumerate(sel):
-        s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
-        coefs[k, :s.size] = s
-        m98[k] = mean_leading(coefs[k], threshold)
+        if fast is not None and fast[1][t]:
+            coefs[k] = fast[0][t]
+        else:
+            s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
+            coefs[k, :s.size] = s
+    m98 = np.zeros(h * w)
+    m98[sel] = mean_leading_rows(coefs[sel], threshold)
     coefs, m98 = coefs[rep], m98[rep]       # a conjugate frequency has its partner's coefficients
     coefs = coefs.reshape(h, w, kcoef)
     m98 = m98.reshape(h, w)
     return DFTCCAResult(coefs, m98, fh, fw, float(m98.mean()), float(coefs.mean()))
+
+
+def _stacked_cholesky_cca(n: int, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, tol: float):
+    """:func:`closerlook.similarity_core._cca_solve`'s Cholesky fast path (epsilon 0) for every frequency at
+    once: ``(coefs (F, k), ok (F,))``, ``ok`` False where that path does not apply (a constant layer, a block
+    not positive definite or not well conditioned), which the caller solves one by one. The same LAPACK
+    routines on the same matrices, stacked: per-frequency Python calls were most of a DFT-CCA table's time
+    (docs/performance.md)."""
+    xmax = np.abs(sxx).max(axis=(1, 2)) / (n - 1)
+    ymax = np.abs(syy).max(axis=(1, 2)) / (n - 1)
+    ok = (xmax > 0) & (ymax > 0)
+    xs, ys = np.where(ok, xmax, 1.0), np.where(ok, ymax, 1.0)
+    cxx = sxx * (1.0 / ((n - 1) * xs))[:, None, None]
+    cyy = syy * (1.0 / ((n - 1) * ys))[:, None, None]
+    cxy = sxy * (1.0 / ((n - 1) * np.sqrt(xs * ys)))[:, None, None]
+    (lx, okx), (ly, oky) = _cholesky_each(cxx), _cholesky_each(cyy)
+    ok &= okx & oky & _well_conditioned(cxx, lx, tol) & _well_conditioned(cyy, ly, tol)
+    t = np.linalg.solve(lx, cxy)
+    t = np.linalg.solve(ly, np.conj(t).transpose(0, 2, 1))
+    return np.clip(np.abs(np.linalg.svd(t, compute_uv=False)), 0.0, 1.0), ok
+
+
+def _cholesky_each(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower Cholesky factors of a stack and which exist: numpy fails a whole stack for one matrix that is
+    not positive definite (a dead channel), so then each is factored alone (identity where it fails)."""
+    try:
+        return np.linalg.cholesky(c), np.ones(c.shape[0], bool)
+    except np.linalg.LinAlgError:
+        pass
+    out, ok = np.broadcast_to(np.eye(c.shape[1], dtype=c.dtype), c.shape).copy(), np.zeros(c.shape[0], bool)
+    for i, m in enumerate(c):
+        try:
+            out[i], ok[i] = np.linalg.cholesky(m), True
+        except np.linalg.LinAlgError:
+            pass
+    return out, ok
+
+
+def _well_conditioned(c: np.ndarray, l: np.ndarray, tol: float) -> np.ndarray:
+    """Per matrix of a stack, :func:`closerlook.similarity_core._chol_if_well_conditioned`'s test: the
+    reciprocal 1-norm condition number above ``100 * size * tol``."""
+    eye = np.broadcast_to(np.eye(c.shape[1], dtype=c.dtype), c.shape)
+    li = np.linalg.solve(l, eye)
+    cinv = np.linalg.norm(np.conj(li).transpose(0, 2, 1) @ li, 1, axis=(1, 2))
+    anorm = np.linalg.norm(c, 1, axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rcond = 1.0 / (anorm * cinv)
+    return np.isfinite(cinv) & (anorm > 0) & (rcond > 100 * c.shape[1] * tol)
 
 
 # The spectra of a shuffle are the spectra's rows shuffled: chance levels need each side's FFT once, not once per
