@@ -352,6 +352,22 @@ def test_distilled_student_is_not_held_to_a_cross_entropy_bar(good):
     assert "train loss <= 1" in rows["trained: teacher (sgd1/seed0)"]["rule"]
 
 
+def test_distilled_student_is_held_to_the_bar_on_its_hard_label_cross_entropy(good):
+    """Metrics with train_ce (closerlook.train logs a distilled run's hard-label cross-entropy beside its objective):
+    the bar applies to it, and the row names the column."""
+    paths = list(good["fig6_distill"]["metrics"]["distilled"].values())
+    for ce, holds in ((0.4, True), (1.5, False)):
+        for p in paths:
+            df = pd.read_csv(p)
+            df["train_loss"], df["train_ce"] = 2.5, ce
+            df.to_csv(p, index=False)
+        c = claim(good, "7", {**RULES, "train_loss_max": 1.0})
+        rows = {p["name"]: p for p in c["premises"] if p["name"].startswith("trained: distilled")}
+        row = rows["trained: distilled student (distilled/seed0) (train loss: its hard-label cross-entropy, "
+                   "not the distillation objective)"]
+        assert row["holds"] is holds and "train loss <= 1" in row["rule"]
+
+
 # ---------------------------------------------------------------- issue 29.5-8: n = 1, p-values, nothing dropped, noise
 
 

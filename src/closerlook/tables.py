@@ -18,8 +18,10 @@ import pandas as pd
 from .io import atomic_path
 
 # training (closerlook.train), one row per epoch
+# train_ce: the hard-label cross-entropy of the training batches; equal to train_loss except in a distilled run,
+# whose train_loss is its distillation objective
 METRICS_COLUMNS = ["epoch", "iteration", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                   "wall_s", "images_per_s", "status"]
+                   "wall_s", "images_per_s", "status", "train_ce"]
 # loss/accuracy along a path (closerlook.landscape.evaluate_path), one row per t
 PATH_COLUMNS = ["t", "train_loss", "train_acc", "test_loss", "test_acc", "path", "status"]
 # the loss plane (closerlook.landscape.plane_grid): grid points, and anchors + projected checkpoints

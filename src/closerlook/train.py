@@ -96,8 +96,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def accumulate_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch_size: int | None, *,
                          loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                          teacher: nn.Module | None = None, autocast=None,
-                         forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         ce_sum: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one (possibly accumulated) batch; returns (sum of per-sample loss, #correct) as tensors.
+
+    ``ce_sum`` (optional, a float64 scalar tensor): the batch's summed hard-label cross-entropy is added to
+    it, for a distilled run whose loss is not a cross-entropy (its "trained" premise reads this).
 
     ``micro_batch_size`` < len(x): the batch is split into equal micro-batches and
     each micro-batch loss is divided by their number, so the gradient equals the
@@ -122,6 +126,8 @@ def accumulate_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mic
         with torch.no_grad():
             loss_sum += loss.detach().double() * xm.shape[0]
             correct += (logits.detach().argmax(1) == ym).sum()
+            if ce_sum is not None:
+                ce_sum += F.cross_entropy(_up(logits.detach()), ym, reduction="sum").double()
     return loss_sum, correct
 
 
@@ -247,7 +253,8 @@ class _Run:
     loss_fn: Callable | None
     base_meta: dict
     st: dict = field(default_factory=lambda: {"iteration": 0, "epoch": 0, "pos": 0, "rows": [], "wall_s": 0.0,
-                                              "loss_sum": 0.0, "correct": 0, "count": 0, "epoch_train_s": 0.0})
+                                              "loss_sum": 0.0, "ce_sum": 0.0, "correct": 0, "count": 0,
+                                              "epoch_train_s": 0.0})
     diverged_at: int | None = None
     reason: str = ""
     trace: Any = None  # closerlook.sharpness_trace.Tracer (lambda_max inside training), None: off
@@ -312,6 +319,8 @@ def train_run(spec: Mapping, out_dir: str | os.PathLike, *, progress: Callable[[
     run = _setup(s, out, say, [*factories, s["model"]["name"]])
     clock = _resume_or_fresh(run)
     acc = {"loss": torch.tensor(run.st["loss_sum"], dtype=torch.float64, device=run.device),
+           # hard-label cross-entropy, kept apart from the loss only where they differ (distillation)
+           "ce": torch.tensor(run.st.get("ce_sum", 0.0), dtype=torch.float64, device=run.device),
            "correct": torch.tensor(run.st["correct"], dtype=torch.int64, device=run.device)}
     t_train = 0.0
     run.model.train()
@@ -439,7 +448,8 @@ def _train_epoch(run: _Run, acc: dict, clock: _Clock) -> float:
             run.trace.before_step(it, x, y)
         run.optimizer.zero_grad(set_to_none=True)
         ls, cor = accumulate_gradients(run.model, x, y, s["micro_batch_size"], loss_fn=run.loss_fn,
-                                       teacher=run.teacher, autocast=run.amp, forward=run.forward)
+                                       teacher=run.teacher, autocast=run.amp, forward=run.forward,
+                                       ce_sum=acc["ce"] if run.teacher is not None else None)
         if (it + 1) % check_every == 0 or (it + 1) in run.ck_iters or (it + 1) % s["resume_every"] == 0:
             if not math.isfinite(float(ls)):
                 run.diverge(it, f"non-finite training loss at iteration {it}")
@@ -460,7 +470,7 @@ def _train_epoch(run: _Run, acc: dict, clock: _Clock) -> float:
                 break
             run.checkpoint(f"iter{st['iteration']}.pt", st["iteration"])
         if st["iteration"] % s["resume_every"] == 0 and st["pos"] < run.ipe:
-            st["loss_sum"], st["correct"] = float(acc["loss"]), int(acc["correct"])
+            st["loss_sum"], st["ce_sum"], st["correct"] = float(acc["loss"]), float(acc["ce"]), int(acc["correct"])
             st["epoch_train_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             _save_resume(run, acc, clock)
@@ -475,13 +485,14 @@ def _end_epoch(run: _Run, acc: dict, clock: _Clock, t_train: float) -> None:
     e1 = st["epoch"] + 1
     n = max(st["count"], 1)
     train_loss, train_acc = float(acc["loss"]) / n, int(acc["correct"]) / n
+    train_ce = float(acc["ce"]) / n if run.teacher is not None else train_loss
     if e1 % s["eval_every"] == 0 or e1 == s["epochs"]:
         test_loss, test_acc = evaluate(run.model, run.test_loader, autocast=run.amp, forward=run.forward)
     else:
         test_loss, test_acc = float("nan"), float("nan")
     lr_now = run.lr(st["iteration"] - 1)
     row = {"epoch": e1, "iteration": st["iteration"], "lr": lr_now, "train_loss": train_loss,
-           "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "wall_s": round(clock.wall(), 3),
+           "train_acc": train_acc, "train_ce": train_ce, "test_loss": test_loss, "test_acc": test_acc, "wall_s": round(clock.wall(), 3),
            "images_per_s": round(st["count"] / max(t_train, 1e-9), 1), "status": "ok"}
     if (e1 in run.ck_epochs or e1 == s["epochs"]) and not run.weights_finite():
         run.diverge(st["iteration"] - 1, f"non-finite weights at the end of epoch {e1}")
@@ -493,8 +504,9 @@ def _end_epoch(run: _Run, acc: dict, clock: _Clock, t_train: float) -> None:
     run.say(f"epoch {e1}/{s['epochs']} it {st['iteration']} lr {lr_now:.4g} train_loss {train_loss:.4f} "
             f"train_acc {train_acc:.4f} test_loss {test_loss:.4f} test_acc {test_acc:.4f} "
             f"img/s {row['images_per_s']:.0f}")
-    st.update(epoch=e1, pos=0, loss_sum=0.0, correct=0, count=0, epoch_train_s=0.0)
+    st.update(epoch=e1, pos=0, loss_sum=0.0, ce_sum=0.0, correct=0, count=0, epoch_train_s=0.0)
     acc["loss"].zero_()
+    acc["ce"].zero_()
     acc["correct"].zero_()
     if e1 < s["epochs"]:
         _save_resume(run, acc, clock)

@@ -157,14 +157,14 @@ def trained(acc: Any, num_classes: Any, margin: float, name: str, diverged: bool
 
 
 def run_trained(df: Any, problem: str | None, num_classes: Any, margin: float, name: str,
-                train_loss_max: Any = None) -> dict:
-    """:func:`trained` for a run's metrics table (final row's ``test_acc`` / ``train_loss``; ``problem`` from
+                train_loss_max: Any = None, loss_column: str = "train_loss") -> dict:
+    """:func:`trained` for a run's metrics table (final row's ``test_acc`` / ``loss_column``; ``problem`` from
     read_table)."""
     acc = loss = float("nan")
     if df is not None and "test_acc" in getattr(df, "columns", ()) and len(df):
         d = df.sort_values("epoch") if "epoch" in df.columns else df
         acc = float(d["test_acc"].iloc[-1])
-        loss = float(d["train_loss"].iloc[-1]) if "train_loss" in d.columns else float("nan")
+        loss = float(d[loss_column].iloc[-1]) if loss_column in d.columns else float("nan")
     if problem not in (None, "diverged"):
         return premise_record(name, False, problem, "metrics table readable")
     return trained(acc, num_classes, margin, name, diverged=problem == "diverged", train_loss=loss,

@@ -39,16 +39,24 @@ def runs_trained(v: Verdict, metrics: Mapping, labels: Sequence[str], layout: Ma
         insts = (metrics or {}).get(label) or {}
         if not insts:
             v.missing(f"{label} metrics", "missing")
-        # a distilled run's train_loss is alpha T^2 KL + (1 - alpha) CE (closerlook.train): no cross-entropy
-        # bar applies to it, so it is judged on test accuracy alone, and its premise row says so
         distilled = bool((((layout or {}).get("specs") or {}).get(label) or {}).get("distill"))
-        lmax = None if distilled else loss_max(v)
-        note = " (train loss not judged: a distillation objective)" if distilled and loss_max(v) is not None else ""
         for inst, path in sorted(insts.items()):
             df, prob = read_table(path)
+            column, lmax, note = _loss_bar(v, df, distilled)
             name = ((role or {}).get((label, inst)) or f"{label}/{inst}") + note
-            out[(label, inst)] = v.add(V.run_trained(df, prob, k, margin, f"trained: {name}", lmax), blocking)
+            out[(label, inst)] = v.add(V.run_trained(df, prob, k, margin, f"trained: {name}", lmax, column), blocking)
     return out
+
+
+def _loss_bar(v: Verdict, df: pd.DataFrame | None, distilled: bool) -> tuple[str, Any, str]:
+    """(column, bar, note) of a run's training-loss premise. A distilled run's train_loss is alpha T^2 KL +
+    (1 - alpha) CE (closerlook.train), to which no cross-entropy bar applies: it is judged on its hard-label
+    cross-entropy (train_ce) where its metrics have one, else on test accuracy alone, and the row says which."""
+    if not distilled or loss_max(v) is None:
+        return "train_loss", loss_max(v), ""
+    if df is not None and "train_ce" in df.columns and np.isfinite(pd.to_numeric(df["train_ce"], errors="coerce")).any():
+        return "train_ce", loss_max(v), " (train loss: its hard-label cross-entropy, not the distillation objective)"
+    return "train_loss", None, " (train loss not judged: a distillation objective)"
 
 
 def path(files: Mapping | None, kind: str, where: str, v: Verdict) -> pd.DataFrame | None:
