@@ -22,9 +22,13 @@ Cost model (stated so it can be checked):
 - activations: distinct checkpoints of the similarity comparisons x one forward of the
   probe set (1/3 per image) -- disk writes not counted;
 - similarity: DFT-CCA FLOPs (per layer: frequencies x 3 complex products of
-  probe x channels^2, 8 real FLOPs per complex multiply-add), x 2 with the chance
-  baseline, at an assumed ``--f64-tflops`` (default 20) float64 rate; the other
-  measures are not counted (they work on far fewer neurons).
+  probe x channels^2, 8 real FLOPs per complex multiply-add), per probe-set pass (the
+  value, the chance shuffles, the subsamples); the other measures are not counted (they
+  work on far fewer neurons). The similarity rule is numpy on the CPU (since stop 33), so
+  these are CPU core-hours, not GPU-hours: FLOPs at ``--cpu-gflops`` per core (default
+  16.6, measured: one cifar_lite comparison's DFT-CCA table, 1.33e12 FLOPs by this count,
+  took 80 s on one core of a 2-core AMD EPYC Zen 4 at 9cb591d; docs/performance.md), shown
+  in their own column and total, outside the GPU total.
 
 Usage: ``python -m bench.estimate_gpu_hours [--config config/config.yaml] [--markdown]``.
 """
@@ -36,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+CPU_GFLOPS = 16.6    # DFT-CCA on one CPU core, by this module's FLOP count (measured: docs/performance.md)
 FWD = 1.0 / 3.0      # forward-only image cost relative to a training image (fwd 1 : bwd 2)
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar10_jpeg": (50_000, 10_000), "fashion_mnist": (60_000, 10_000)}
 
@@ -84,7 +89,7 @@ def curve_epochs(s: dict, n_tr: int, curve_steps: int | None) -> tuple[int, str]
     return min(cap, -(-int(curve_steps) // per_epoch) + patience), f"{curve_steps:,} steps / {per_epoch} per epoch + {patience}"
 
 
-def estimate(cfg: dict, curve_factor: float, f64_tflops: float, curve_steps: int | None = None) -> list[dict]:
+def estimate(cfg: dict, curve_factor: float, cpu_gflops: float, curve_steps: int | None = None) -> list[dict]:
     from closerlook import config as C
 
     n_tr, n_te = _sizes(cfg)
@@ -156,17 +161,17 @@ def estimate(cfg: dict, curve_factor: float, f64_tflops: float, curve_steps: int
         for c, h, w in _layer_shapes(model_spec, info):
             flops += h * w * 3 * probe * c * c * 8
         flops *= pairs * _similarity_passes(sim, probe)
-        sim_s = flops / (f64_tflops * 1e12)
-    rows.append({"stage": "similarity (DFT-CCA)", "count": f"{pairs} comparisons x {_similarity_passes(sim, probe):.3g} "
-                 f"probe-set passes (chance shuffles, subsamples), at {f64_tflops:g} TFLOP/s float64",
-                 "epochs": None, "seconds": sim_s})
+        sim_s = flops / (cpu_gflops * 1e9)
+    rows.append({"stage": "similarity (DFT-CCA, CPU)", "count": f"{pairs} comparisons x {_similarity_passes(sim, probe):.3g} "
+                 f"probe-set passes (chance shuffles, subsamples), at {cpu_gflops:g} GFLOP/s per core",
+                 "epochs": None, "cpu_seconds": sim_s})
     ctl = C.control_settings(cfg)
     if ctl and model_spec and "dft_cca_mean98" in ctl["measures"]:
-        rows.append(_controls_row(ctl, model_spec, cfg, probe, n_tr, f64_tflops))
+        rows.append(_controls_row(ctl, model_spec, cfg, probe, n_tr, cpu_gflops))
     return rows
 
 
-def _controls_row(ctl: dict, model_spec: dict, cfg: dict, probe: int, n_tr: int, f64_tflops: float) -> dict:
+def _controls_row(ctl: dict, model_spec: dict, cfg: dict, probe: int, n_tr: int, cpu_gflops: float) -> dict:
     """The positive controls' DFT-CCA: identification's cross-layer matrix (every pair of conv layers at their
     overlapping frequencies, channels_i x channels_j products) and change detection (each layer once, after
     capturing the checkpoint and its re-initialised copy: two probe-set forwards); no shuffles."""
@@ -177,10 +182,11 @@ def _controls_row(ctl: dict, model_spec: dict, cfg: dict, probe: int, n_tr: int,
                      for ci, hi, wi in shapes for cj, hj, wj in shapes)
     if ctl.get("change_detection"):
         flops += sum(h * w * 3 * probe * c * c * 8 for c, h, w in shapes)
-    return {"stage": "positive controls (DFT-CCA)", "count": f"{len(shapes)} x {len(shapes)} layer pairs (identification) "
-            f"+ {len(shapes)} (change detection), at {f64_tflops:g} TFLOP/s float64; 2 probe-set forwards",
+    return {"stage": "positive controls (DFT-CCA on the CPU; 2 forwards on the GPU)",
+            "count": f"{len(shapes)} x {len(shapes)} layer pairs (identification) + {len(shapes)} (change detection), "
+                     f"at {cpu_gflops:g} GFLOP/s per core; 2 probe-set forwards",
             "epochs": 2 * FWD * probe / n_tr if ctl.get("change_detection") else 0.0,
-            "seconds_extra": flops / (f64_tflops * 1e12)}
+            "cpu_seconds": flops / (cpu_gflops * 1e9)}
 
 
 def _similarity_passes(sim: dict, probe: int) -> float:
@@ -195,26 +201,27 @@ def _similarity_passes(sim: dict, probe: int) -> float:
 def markdown(rows: list[dict], costs: dict, cfg_path: str, source: str) -> str:
     cols = list(costs)
     L = [f"Config `{cfg_path}`; per-epoch GPU cost: {source}. Epoch equivalents are computed by "
-         "`python -m bench.estimate_gpu_hours` from the config.", "",
-         "| stage | what is counted | epoch equivalents | " + " | ".join(f"GPU-h, {c} ({lo:g}-{hi:g} s/epoch)" for c, (lo, hi) in costs.items()) + " |",
-         "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+         "`python -m bench.estimate_gpu_hours` from the config; the similarity rule runs on the CPU (its own column).",
+         "", "| stage | what is counted | epoch equivalents | "
+         + " | ".join(f"GPU-h, {c} ({lo:g}-{hi:g} s/epoch)" for c, (lo, hi) in costs.items()) + " | CPU core-h |",
+         "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |"]
     tot = {c: [0.0, 0.0] for c in cols}
-    tot_ep = 0.0
+    tot_ep = tot_cpu = 0.0
     for r in rows:
         cells = []
         for c, (lo, hi) in costs.items():
-            if r["epochs"] is None:
-                a = b = r["seconds"] / 3600
-            else:
-                a, b = r["epochs"] * lo / 3600, r["epochs"] * hi / 3600
-            a, b = a + r.get("seconds_extra", 0.0) / 3600, b + r.get("seconds_extra", 0.0) / 3600
+            a, b = ((r["epochs"] * lo / 3600, r["epochs"] * hi / 3600) if r["epochs"] is not None else (0.0, 0.0))
             tot[c][0] += a
             tot[c][1] += b
-            cells.append(f"{a:.2f}-{b:.2f}" if abs(a - b) > 1e-9 else f"{a:.2f}")
+            cells.append("-" if r["epochs"] is None else (f"{a:.2f}-{b:.2f}" if abs(a - b) > 1e-9 else f"{a:.2f}"))
+        cpu = r.get("cpu_seconds", 0.0) / 3600
+        tot_cpu += cpu
         tot_ep += r["epochs"] or 0.0
         ep = f"{r['epochs']:,.0f}" if r["epochs"] is not None else "-"
-        L.append(f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + " |")
-    L.append(f"| **total** | | **{tot_ep:,.0f}** | " + " | ".join(f"**{a:.0f}-{b:.0f}**" for a, b in tot.values()) + " |")
+        L.append(f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + f" | {cpu:.1f} |" if "cpu_seconds" in r
+                 else f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + " | - |")
+    L.append(f"| **total** | | **{tot_ep:,.0f}** | " + " | ".join(f"**{a:.0f}-{b:.0f}**" for a, b in tot.values())
+             + f" | **{tot_cpu:.0f}** |")
     return "\n".join(L) + "\n"
 
 
@@ -225,7 +232,8 @@ def main(argv=None) -> int:
                     help="per-epoch GPU seconds, NAME=LO,HI (default: the ANCHORS VGG-16 figures)")
     ap.add_argument("--curve-factor", type=float, default=None,
                     help="curve epoch / training epoch (default: results/bench/bench.json, else 1.2)")
-    ap.add_argument("--f64-tflops", type=float, default=20.0)
+    ap.add_argument("--cpu-gflops", type=float, default=CPU_GFLOPS,
+                    help="float64 DFT-CCA rate of one CPU core (default: measured here, see the module docstring)")
     ap.add_argument("--curve-steps", type=int, default=None,
                     help="optimiser steps a curve fit takes to converge (stopping rule), measured at a smaller scale and "
                          "assumed to carry over in steps (default: every curve runs to its epochs cap)")
@@ -246,7 +254,7 @@ def main(argv=None) -> int:
         name, rng = item.split("=")
         lo, hi = (float(v) for v in rng.split(","))
         costs[name] = (lo, hi)
-    rows = estimate(cfg, cf, a.f64_tflops, a.curve_steps)
+    rows = estimate(cfg, cf, a.cpu_gflops, a.curve_steps)
     if a.json:
         print(json.dumps({"rows": rows, "curve_factor": cf, "costs": costs}, indent=1))
     else:
