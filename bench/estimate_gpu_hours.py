@@ -218,8 +218,8 @@ def markdown(rows: list[dict], costs: dict, cfg_path: str, source: str) -> str:
         tot_cpu += cpu
         tot_ep += r["epochs"] or 0.0
         ep = f"{r['epochs']:,.0f}" if r["epochs"] is not None else "-"
-        L.append(f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + f" | {cpu:.1f} |" if "cpu_seconds" in r
-                 else f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + " | - |")
+        cpu_cell = f"{cpu:.1f}" if "cpu_seconds" in r else "-"
+        L.append(f"| {r['stage']} | {r['count']} | {ep} | " + " | ".join(cells) + f" | {cpu_cell} |")
     L.append(f"| **total** | | **{tot_ep:,.0f}** | " + " | ".join(f"**{a:.0f}-{b:.0f}**" for a, b in tot.values())
              + f" | **{tot_cpu:.0f}** |")
     return "\n".join(L) + "\n"

@@ -131,6 +131,11 @@ def poisson_binomial_threshold(probs: Sequence[float], level: float) -> int:
     return int(hits[0]) if hits.size else len(pmf)
 
 
+def _same(groups: Sequence[Any], i: int) -> np.ndarray:
+    """Which layers share layer ``i``'s group (its width, its shape): the candidates of a within-group match."""
+    return np.array([g == groups[i] for g in groups])
+
+
 def _best(row: np.ndarray, candidates: np.ndarray) -> int:
     vals = np.where(candidates & np.isfinite(row), row, -np.inf)
     return int(np.argmax(vals)) if np.isfinite(vals).any() else -1
@@ -153,7 +158,7 @@ def identification_stats(mat: np.ndarray, widths: Sequence[int] | None = None) -
         best = _best(row, allc)
         others = np.where(np.arange(L) != i, row, np.nan)
         rival = np.nanmax(others) if np.isfinite(others).any() else np.nan
-        same = np.array([w == widths[i] for w in widths])
+        same = _same(widths, i)
         best_w = _best(row, same) if same.sum() >= 2 else -1
         ow = np.where(same & (np.arange(L) != i), row, np.nan)
         rival_w = np.nanmax(ow) if np.isfinite(ow).any() else np.nan
@@ -188,9 +193,9 @@ def judged_identification(mat: np.ndarray, groups: Sequence[Any], level: float) 
     is Kornblith et al.'s test (``Binomial(L, 1/L)``)."""
     mat, groups = np.asarray(mat, dtype=float), list(groups)
     L = mat.shape[0]
-    size = [sum(g == h for h in groups) for g in groups]
+    size = [int(_same(groups, i).sum()) for i in range(L)]
     rows = [i for i in range(L) if size[i] >= 2]
-    hits = sum(_best(mat[i], np.array([h == groups[i] for h in groups])) == i for i in rows)
+    hits = sum(_best(mat[i], _same(groups, i)) == i for i in rows)
     probs = [1.0 / size[i] for i in rows]
     k = poisson_binomial_threshold(probs, level)
     n = len(rows)

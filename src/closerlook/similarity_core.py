@@ -396,11 +396,11 @@ def mean_leading_rows(coefs: np.ndarray, threshold: float = 0.98) -> np.ndarray:
     if s.ndim != 2 or s.shape[1] == 0:
         return np.zeros(s.shape[0] if s.ndim else 0)
     total = s.sum(axis=1)
-    before = np.cumsum(s, axis=1) - s                 # sum(s[:i]) for i = 0 .. n-1
+    upto = np.cumsum(s, axis=1)                       # upto[:, i] = sum(s[:i + 1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        reached = before / total[:, None] >= threshold
+        reached = (upto - s) / total[:, None] >= threshold   # sum(s[:i]) / total, i = 0 .. n-1
     idx = np.where(reached.any(axis=1), reached.argmax(axis=1), s.shape[1])   # none reached: all of them
-    out = np.cumsum(s, axis=1)[np.arange(s.shape[0]), idx - 1] / idx
+    out = upto[np.arange(s.shape[0]), idx - 1] / idx
     return np.where(total > 0, out, 0.0)
 
 

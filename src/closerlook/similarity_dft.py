@@ -165,13 +165,13 @@ def _solve(n: int, sxx, syy, sxy, rep, sel, hw: tuple[int, int], kcoef: int, fh,
     """The per-frequency CCA of the scatter matrices (one per solved frequency), mapped back onto every frequency."""
     h, w = hw
     coefs = np.zeros((h * w, kcoef))
-    fast = _stacked_cholesky_cca(n, sxx, syy, sxy, tol) if not epsilon else None
-    for t, k in enumerate(sel):
-        if fast is not None and fast[1][t]:
-            coefs[k] = fast[0][t]
-        else:
-            s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
-            coefs[k, :s.size] = s
+    done = np.zeros(len(sel), bool)
+    if not epsilon:
+        stacked, done = _stacked_cholesky_cca(n, sxx, syy, sxy, tol)
+        coefs[sel[done]] = stacked[done]
+    for t in np.flatnonzero(~done):         # the frequencies the stacked fast path cannot take
+        s = _cca_solve(n, sxx[t], syy[t], sxy[t], epsilon, tol, check=False)["coefs"]
+        coefs[sel[t], :s.size] = s
     m98 = np.zeros(h * w)
     m98[sel] = mean_leading_rows(coefs[sel], threshold)
     coefs, m98 = coefs[rep], m98[rep]       # a conjugate frequency has its partner's coefficients
